@@ -1,0 +1,78 @@
+"""Command-line plumbing: flags generated from the config dataclasses, logging set-up.
+
+Imports no TensorFlow: ``--help`` must answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tf_transfer import config as config_lib
+
+
+def flag_name(path: str, f) -> str:
+    """The CLI flag for a config leaf: its explicit flag, else the field name (phase fields prefixed)."""
+    if f.metadata.get("flag"):
+        return "--" + f.metadata["flag"]
+    section, _, name = path.rpartition(".")
+    stem = f"{section}-{name}" if section in ("phase1", "phase2") else name
+    return "--" + stem.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per config leaf; values default to 'not given' so --config values survive."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for path, t, f in config_lib.leaves():
+        section = path.rpartition(".")[0] or "run"
+        group = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
+        default = f.default
+        help_text = f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%")
+        kwargs = dict(dest=path, default=argparse.SUPPRESS, help=help_text)
+        if t is bool:
+            group.add_argument(flag_name(path, f), action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            group.add_argument(flag_name(path, f), type=t, metavar=t.__name__.upper(),
+                               choices=f.metadata.get("choices"), **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> config_lib.Config:
+    """The resolved config: defaults, then --config FILE, then flags given on the command line."""
+    base = config_lib.load(args.config) if getattr(args, "config", None) else config_lib.Config()
+    overrides = {path: getattr(args, path) for path, _, _ in config_lib.leaves() if hasattr(args, path)}
+    return config_lib.apply_overrides(base, overrides)
+
+
+def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> None:
+    """Log tf_transfer messages to stdout (and to log_file, if given)."""
+    root = logging.getLogger("tf_transfer")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(getattr(h, "_tf_transfer_console", False) for h in root.handlers):
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        console._tf_transfer_console = True
+        root.addHandler(console)
+    if log_file is not None:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.propagate = False
+
+
+def quiet_tensorflow() -> None:
+    """Hide TensorFlow's C++ start-up chatter unless the user asked for it (call before importing TF)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def fail(message: str) -> None:
+    """Print a user-facing error and exit with status 2 (as argparse does)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    return parser.parse_args(argv)

@@ -1,0 +1,252 @@
+"""The run configuration: one frozen dataclass tree, saved as JSON next to every run and export.
+
+This module imports no TensorFlow, so that the CLI can answer ``--help`` at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is not what tf_transfer expects."""
+
+
+def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
+    """A config field with its CLI help text (and optionally its flag name and allowed values)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _opt(
+        "demo",
+        "Images to learn from: a folder with one subfolder per class (or train/val/test subfolders "
+        "holding class subfolders), 'tfds:NAME' for a TensorFlow Datasets name, 'csv:PATH' for a "
+        "path,label manifest, or 'demo' for a small generated dataset.",
+        flag="data",
+    )
+    image_size: int = _opt(0, "Square input size in pixels; 0 uses the backbone's default size.")
+    batch_size: int = _opt(32, "Images per training step.")
+    val_fraction: float = _opt(0.15, "Share of each class held out for validation (when the source has no val split).")
+    test_fraction: float = _opt(0.15, "Share of each class held out for testing (when the source has no test split).")
+    cache: str = _opt("memory", "Cache decoded, resized images: 'memory', 'none', or a folder for an on-disk cache.")
+    shuffle_buffer: int = _opt(2048, "Shuffle buffer size for the training split (images).")
+    augment: bool = _opt(True, "Augment the training split (flip, rotation, zoom, translation, contrast).")
+    flip: str = _opt("horizontal", "Random flips.", choices=("horizontal", "vertical", "horizontal_and_vertical", "none"))
+    rotation: float = _opt(0.05, "Random rotation, as a fraction of a full turn.")
+    zoom: float = _opt(0.1, "Random zoom, as a fraction of the image size.")
+    translation: float = _opt(0.1, "Random translation, as a fraction of the image size.")
+    contrast: float = _opt(0.1, "Random contrast factor.")
+    class_weights: bool = _opt(False, "Weight the loss by balanced class weights (for imbalanced data).")
+    strict: bool = _opt(False, "Fail the run if any file cannot be read as an image, instead of skipping it.")
+    tfds_data_dir: str = _opt("", "Folder where TensorFlow Datasets stores data (TFDS default if empty).")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = _opt(
+        "mobilenet_v2_0.35",
+        "Backbone: a Keras Applications name (see --list-backbones), 'hub:HANDLE' for a TF-Hub/Kaggle "
+        "feature vector (URL or local SavedModel folder), or 'model:PATH' for a saved Keras model.",
+    )
+    weights: str = _opt("imagenet", "Backbone weights: 'imagenet', 'none' (random init) or a path to a weights file.")
+    cut_layer: str = _opt("", "For 'model:PATH' backbones: the layer whose output feeds the head (default: last feature map).")
+    preprocess: str = _opt(
+        "auto",
+        "Input preprocessing inside the model: 'auto' (the backbone's own), 'none' (raw 0-255), 'unit' "
+        "(scale to [0, 1]) or a Keras Applications module name such as 'mobilenet_v2'.",
+    )
+    dropout: float = _opt(0.2, "Dropout rate before the classifier.")
+    hidden_units: int = _opt(0, "Units of an optional hidden Dense layer in the head (0: none).")
+    l2: float = _opt(0.0, "L2 weight decay on the head's Dense kernels.")
+    label_smoothing: float = _opt(0.0, "Label smoothing for the cross-entropy loss.")
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    epochs: int = _opt(5, "Epochs in this phase (0 skips it).")
+    learning_rate: float = _opt(1e-3, "Learning rate (Adam).")
+    patience: int = _opt(3, "Early stopping patience in epochs on validation loss (0: off); best weights are restored.")
+
+
+@dataclass(frozen=True)
+class FineTuneConfig(PhaseConfig):
+    learning_rate: float = _opt(0.0, "Learning rate (Adam); 0 uses a tenth of phase 1's.")
+    unfreeze: str = _opt(
+        "20",
+        "What to unfreeze: the top N layers of the backbone, 'all', or a layer/block name prefix "
+        "(e.g. 'block_16') from which every layer above is unfrozen.",
+        flag="unfreeze",
+    )
+    train_bn: bool = _opt(False, "Also train BatchNorm layers (otherwise they stay frozen, in inference mode).",
+                         flag="train-bn")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    export_dir: str = _opt("saved_models", "Root folder for SavedModel exports (<export_dir>/<name>/<version>/).")
+    enabled: bool = _opt(True, "Export a SavedModel at the end of training.", flag="export")
+    verify: bool = _opt(True, "Reload the export in a fresh process and check its predictions.", flag="verify-export")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = _opt("classifier", "Name of the model: names the export folder and the run folder.")
+    seed: int = _opt(42, "Random seed for splits, shuffling, augmentation and initialisation.")
+    runs_dir: str = _opt("runs", "Root folder for run folders (<runs_dir>/<name>/<timestamp>/).")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    phase1: PhaseConfig = field(default_factory=PhaseConfig)
+    phase2: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(epochs=5, patience=3))
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with top-level fields or dotted leaves ('phase1.epochs') changed."""
+        return apply_overrides(self, changes)
+
+    @property
+    def phase2_learning_rate(self) -> float:
+        return self.phase2.learning_rate or self.phase1.learning_rate / 10
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(cls)
+    t = hints[f.name]
+    if isinstance(t, types.UnionType):  # pragma: no cover - no unions today
+        raise TypeError(f"unsupported config type {t}")
+    return t
+
+
+def _coerce(value: Any, t: type, where: str) -> Any:
+    """Check a JSON value against a field type; ints are accepted for floats."""
+    if t is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if t is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if not isinstance(value, t) or (t is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {t.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where or 'config'}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(fields)}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        f = fields[key]
+        t = _field_type(cls, f)
+        path = f"{where}.{key}" if where else key
+        kwargs[key] = _from_dict(t, value, path) if dataclasses.is_dataclass(t) else _coerce(value, t, path)
+    return validate(cls(**kwargs)) if cls is Config else cls(**kwargs)
+
+
+def from_dict(data: dict) -> Config:
+    """Build a Config from a (possibly partial) dict; unknown keys are an error."""
+    return _from_dict(Config, data, "")
+
+
+def load(path: str | Path) -> Config:
+    """Read a Config from a JSON file; missing keys take their defaults, unknown keys are an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+
+
+def leaves(cls: type = Config, prefix: str = "") -> list[tuple[str, type, dataclasses.Field]]:
+    """Every leaf field as (dotted path, type, field), in declaration order."""
+    out = []
+    for f in dataclasses.fields(cls):
+        t = _field_type(cls, f)
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(t):
+            out.extend(leaves(t, path + "."))
+        else:
+            out.append((path, t, f))
+    return out
+
+
+def apply_overrides(config: Config, changes: dict[str, Any]) -> Config:
+    """Return config with dotted-path leaves replaced, e.g. {'phase1.epochs': 3}."""
+    data = config.to_dict()
+    for path, value in changes.items():
+        node = data
+        *parents, last = path.split(".")
+        for p in parents:
+            if p not in node or not isinstance(node[p], dict):
+                raise ConfigError(f"unknown config key {path!r}")
+            node = node[p]
+        if last not in node:
+            raise ConfigError(f"unknown config key {path!r}")
+        node[last] = value
+    return from_dict(data)
+
+
+def validate(config: Config) -> Config:
+    """Check value ranges; raise ConfigError naming the field, the expectation and the value."""
+    d, m = config.data, config.model
+
+    def check(ok: bool, field_name: str, expected: str, value: Any) -> None:
+        if not ok:
+            raise ConfigError(f"{field_name}: expected {expected}, got {value!r}")
+
+    check(bool(config.name) and "/" not in config.name and not config.name.startswith("."),
+          "name", "a non-empty name without '/'", config.name)
+    check(d.image_size == 0 or d.image_size >= 32, "data.image_size", "0 (backbone default) or >= 32", d.image_size)
+    check(d.batch_size >= 1, "data.batch_size", "a positive integer", d.batch_size)
+    for name in ("val_fraction", "test_fraction"):
+        v = getattr(d, name)
+        check(0.0 <= v < 1.0, f"data.{name}", "a fraction in [0, 1)", v)
+    check(d.val_fraction + d.test_fraction < 1.0, "data.val_fraction + data.test_fraction", "less than 1",
+          d.val_fraction + d.test_fraction)
+    check(d.shuffle_buffer >= 1, "data.shuffle_buffer", "a positive integer", d.shuffle_buffer)
+    for name in ("rotation", "zoom", "translation", "contrast"):
+        v = getattr(d, name)
+        check(0.0 <= v < 1.0, f"data.{name}", "a value in [0, 1)", v)
+    check(0.0 <= m.dropout < 1.0, "model.dropout", "a rate in [0, 1)", m.dropout)
+    check(m.hidden_units >= 0, "model.hidden_units", "0 or a positive integer", m.hidden_units)
+    check(m.l2 >= 0.0, "model.l2", "a non-negative number", m.l2)
+    check(0.0 <= m.label_smoothing < 1.0, "model.label_smoothing", "a value in [0, 1)", m.label_smoothing)
+    for phase in ("phase1", "phase2"):
+        p = getattr(config, phase)
+        check(p.epochs >= 0, f"{phase}.epochs", "0 or more", p.epochs)
+        check(p.patience >= 0, f"{phase}.patience", "0 or more", p.patience)
+    check(config.phase1.learning_rate > 0, "phase1.learning_rate", "a positive number", config.phase1.learning_rate)
+    check(config.phase2.learning_rate >= 0, "phase2.learning_rate", "0 (auto) or a positive number",
+          config.phase2.learning_rate)
+    check(config.phase1.epochs + config.phase2.epochs > 0, "phase1.epochs + phase2.epochs", "at least one epoch",
+          0)
+    u = config.phase2.unfreeze
+    check(bool(u.strip()), "phase2.unfreeze", "a layer count, 'all' or a layer name prefix", u)
+    if u.lstrip("-").isdigit():
+        check(int(u) >= 0, "phase2.unfreeze", "a non-negative layer count", u)
+    return config

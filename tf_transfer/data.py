@@ -1,0 +1,241 @@
+"""Labelled images in, tf.data pipelines out: checks, seeded stratified splits, manifests, pipelines."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tensorflow as tf
+
+from tf_transfer import images, sources
+from tf_transfer._keras import keras
+from tf_transfer.config import DataConfig
+from tf_transfer.sources import SPLITS, DataError, Example
+
+log = logging.getLogger(__name__)
+AUTOTUNE = tf.data.AUTOTUNE
+MANIFEST = "split_manifest.csv"
+SUMMARY = "data_summary.json"
+SKIPPED = "skipped_files.csv"
+
+__all__ = ["DataError", "ImageData", "prepare", "load_manifest", "split_examples"]
+
+
+@dataclass
+class ImageData:
+    """The resolved, checked and split data of a run."""
+
+    class_names: list[str]
+    splits: dict[str, list[Example]]  # train / val / test (val and test may be empty)
+    skipped: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    kind: str = "folder"
+    tfds: dict | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{class name: {split: count}}."""
+        out = {name: dict.fromkeys(SPLITS, 0) for name in self.class_names}
+        for split, examples in self.splits.items():
+            for label, n in Counter(e.label for e in examples).items():
+                out[self.class_names[label]][split] = n
+        return out
+
+    def class_weights(self) -> dict[int, float]:
+        """Balanced weights n / (classes * n_c) from the training split."""
+        counts = Counter(e.label for e in self.splits["train"])
+        total = sum(counts.values())
+        return {c: total / (self.num_classes * counts[c]) for c in range(self.num_classes) if counts[c]}
+
+    def summary_table(self) -> str:
+        counts = self.counts()
+        width = max(len("class"), *(len(n) for n in self.class_names))
+        lines = [f"{'class':<{width}}  {'train':>6} {'val':>6} {'test':>6}"]
+        for name in self.class_names:
+            c = counts[name]
+            lines.append(f"{name:<{width}}  {c['train']:>6} {c['val']:>6} {c['test']:>6}")
+        totals = {s: len(self.splits[s]) for s in SPLITS}
+        lines.append(f"{'total':<{width}}  {totals['train']:>6} {totals['val']:>6} {totals['test']:>6}")
+        return "\n".join(lines)
+
+    def write(self, run_dir: str | Path) -> None:
+        """Save the split manifest, class counts and skipped-file report into the run folder."""
+        run_dir = Path(run_dir)
+        with (run_dir / MANIFEST).open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["split", "label", "class", "key"])
+            for split in SPLITS:
+                for e in self.splits[split]:
+                    w.writerow([split, e.label, self.class_names[e.label], e.key])
+        with (run_dir / SKIPPED).open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "reason"])
+            w.writerows(sorted(self.skipped.items()))
+        summary = {"source": self.source, "kind": self.kind, "tfds": self.tfds, "class_names": self.class_names,
+                   "counts": self.counts(), "num_skipped": len(self.skipped)}
+        (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def split_examples(
+    partitions: dict[str, list[Example]], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[Example]]:
+    """Stratified, seeded split. Given val/test partitions are kept; missing ones are carved per class
+    from the training pool (or from the unsplit pool), so that each class keeps at least one training image."""
+    pool = list(partitions.get("train", [])) + list(partitions.get("all", []))
+    fractions = {s: f for s, f in (("test", test_fraction), ("val", val_fraction)) if s not in partitions}
+    out = {s: list(partitions.get(s, [])) if s != "train" else [] for s in SPLITS}
+    by_class: dict[int, list[Example]] = {}
+    for e in pool:
+        by_class.setdefault(e.label, []).append(e)
+    for label in sorted(by_class):
+        members = sorted(by_class[label], key=lambda e: e.key)
+        random.Random(f"{seed}:{label}").shuffle(members)
+        n = len(members)
+        take = {s: int(round(n * f)) for s, f in fractions.items()}
+        while n - sum(take.values()) < 1 and any(take.values()):  # keep one for training
+            biggest = max(take, key=take.get)
+            take[biggest] -= 1
+        start = 0
+        for s in ("test", "val"):
+            k = take.get(s, 0)
+            out[s].extend(members[start:start + k])
+            start += k
+        out["train"].extend(members[start:])
+    for s in SPLITS:
+        out[s].sort(key=lambda e: (e.label, e.key))
+    return out
+
+
+def _check_classes(class_names: list[str], splits: dict[str, list[Example]], location: str) -> None:
+    if len(class_names) < 2:
+        found = f"only {class_names[0]!r}" if class_names else "none"
+        raise DataError(f"{location}: need at least 2 classes to train a classifier, found {found}")
+    totals = Counter(e.label for examples in splits.values() for e in examples)
+    small = [f"{class_names[c]} ({totals.get(c, 0)})" for c in range(len(class_names)) if totals.get(c, 0) < 2]
+    if small:
+        raise DataError(f"{location}: every class needs at least 2 readable images; too few in: {', '.join(small)}")
+
+
+def prepare(cfg: DataConfig, seed: int) -> ImageData:
+    """Resolve the source, find unreadable files, split, and check the classes."""
+    catalog = sources.resolve(cfg.source, cfg.tfds_data_dir)
+    skipped = dict(catalog.skipped)
+    if catalog.kind != "tfds":  # TFDS validates images when it prepares a dataset
+        paths = [e.key for examples in catalog.partitions.values() for e in examples]
+        log.info("Checking %d files in %s ...", len(paths), catalog.location)
+        skipped.update(images.find_unreadable(paths))
+    if skipped and cfg.strict:
+        listing = "\n".join(f"  {p}: {r}" for p, r in sorted(skipped.items()))
+        raise DataError(f"{len(skipped)} file(s) cannot be used (--strict):\n{listing}")
+    partitions = {s: [e for e in ex if e.key not in skipped] for s, ex in catalog.partitions.items()}
+    splits = split_examples(partitions, cfg.val_fraction, cfg.test_fraction, seed)
+    _check_classes(catalog.class_names, splits, catalog.location)
+    return ImageData(catalog.class_names, splits, skipped, cfg.source, catalog.kind, catalog.tfds)
+
+
+def load_manifest(run_dir: str | Path) -> ImageData:
+    """The data of an earlier run, exactly as it was split (for --resume)."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    with (run_dir / MANIFEST).open(newline="") as f:
+        for row in csv.DictReader(f):
+            splits[row["split"]].append(Example(row["key"], int(row["label"])))
+    with (run_dir / SKIPPED).open(newline="") as f:
+        skipped = {row["path"]: row["reason"] for row in csv.DictReader(f)}
+    return ImageData(summary["class_names"], splits, skipped, summary["source"], summary["kind"], summary["tfds"])
+
+
+def augmenter(cfg: DataConfig, seed: int) -> keras.Sequential:
+    """The training-only augmentation, as Keras preprocessing layers on float batches."""
+    layers = []
+    if cfg.flip != "none":
+        layers.append(keras.layers.RandomFlip(cfg.flip, seed=seed))
+    if cfg.rotation:
+        layers.append(keras.layers.RandomRotation(cfg.rotation, fill_mode="reflect", seed=seed + 1))
+    if cfg.zoom:
+        layers.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="reflect", seed=seed + 2))
+    if cfg.translation:
+        layers.append(keras.layers.RandomTranslation(cfg.translation, cfg.translation, fill_mode="reflect", seed=seed + 3))
+    if cfg.contrast:
+        layers.append(keras.layers.RandomContrast(cfg.contrast, seed=seed + 4))
+    return keras.Sequential(layers, name="augment")
+
+
+def encoded_images(data: ImageData, examples: list[Example]) -> tf.data.Dataset:
+    """(encoded bytes, label) in the order of `examples`."""
+    if data.kind != "tfds":
+        keys = [e.key for e in examples]
+        labels = [e.label for e in examples]
+        ds = tf.data.Dataset.from_tensor_slices((keys, labels))
+        return ds.map(lambda path, y: (tf.io.read_file(path), y), num_parallel_calls=AUTOTUNE)
+    import tensorflow_datasets as tfds
+
+    t = data.tfds
+    parts = []
+    for tfds_split in sorted({e.key.rsplit(":", 1)[0] for e in examples}):
+        wanted = sorted(int(e.key.rsplit(":", 1)[1]) for e in examples if e.key.rsplit(":", 1)[0] == tfds_split)
+        mask = [False] * (wanted[-1] + 1)
+        for i in wanted:
+            mask[i] = True
+        ds = tfds.load(t["name"], split=tfds_split, data_dir=t["data_dir"] or None, shuffle_files=False,
+                       decoders={t["image_key"]: tfds.decode.SkipDecoding()})
+        n = len(mask)  # indices past the last wanted one are never wanted
+        ds = ds.take(n).enumerate().filter(lambda i, ex, m=tf.constant(mask): tf.gather(m, i))
+        parts.append(ds.map(lambda i, ex: (ex[t["image_key"]], tf.cast(ex[t["label_key"]], tf.int32))))
+    ds = parts[0]
+    for p in parts[1:]:
+        ds = ds.concatenate(p)
+    return ds
+
+
+def cache_key(examples: list[Example], image_size: int) -> str:
+    h = hashlib.sha256(f"{image_size}\n".encode())
+    for e in examples:
+        h.update(f"{e.key}\t{e.label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def pipeline(
+    data: ImageData,
+    split: str,
+    cfg: DataConfig,
+    image_size: int,
+    seed: int,
+    training: bool = False,
+    batch_size: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of (float32 pixels 0-255 [B, S, S, 3], one-hot labels) for one split.
+
+    Read and decode run in parallel; decoded, resized uint8 images are cached; only the
+    training split is shuffled and augmented.
+    """
+    examples = data.splits[split]
+    if not examples:
+        raise DataError(f"the {split} split is empty")
+    num_classes = data.num_classes
+    ds = encoded_images(data, examples)
+    ds = ds.map(lambda b, y: (images.decode_and_resize(b, image_size), y), num_parallel_calls=AUTOTUNE)
+    if cfg.cache == "memory":
+        ds = ds.cache()
+    elif cfg.cache != "none":
+        folder = Path(cfg.cache).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        ds = ds.cache(str(folder / f"{split}-{cache_key(examples, image_size)}"))
+    if training:
+        ds = ds.shuffle(min(cfg.shuffle_buffer, len(examples)), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size or cfg.batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
+    if training and cfg.augment:
+        augment = augmenter(cfg, seed)
+        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,87 @@
+"""A small generated image dataset: the offline default for the main job, and test fixtures.
+
+Each class is a shape (circle, square, triangle, ...) of random colour, size and position on a
+noisy random background, so a classifier has to learn shape, not colour.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+log = logging.getLogger(__name__)
+
+SHAPES = ("circle", "square", "triangle", "cross", "ring")
+DEMO_NAME = "demo"
+DEMO_CLASSES = ("circle", "square", "triangle")
+DEMO_PER_CLASS = 60
+DEMO_SIZE = 128
+
+
+def cache_home() -> Path:
+    """Where tf_transfer keeps generated data: $TF_TRANSFER_CACHE or ~/.cache/tf_transfer."""
+    return Path(os.environ.get("TF_TRANSFER_CACHE", Path.home() / ".cache" / "tf_transfer"))
+
+
+def draw_shape(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
+    """One RGB image of `shape` on a noisy background."""
+    background = rng.integers(0, 256, size=3)
+    noise = rng.normal(0, 18, size=(size, size, 3))
+    pixels = np.clip(background + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    colour = tuple(int(c) for c in (background + rng.integers(80, 176, size=3)) % 256)
+    r = rng.uniform(0.18, 0.34) * size
+    cx, cy = rng.uniform(r, size - r, size=2)
+    box = (cx - r, cy - r, cx + r, cy + r)
+    width = max(2, int(r / 3))
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    elif shape == "cross":
+        draw.line([(cx - r, cy), (cx + r, cy)], fill=colour, width=width)
+        draw.line([(cx, cy - r), (cx, cy + r)], fill=colour, width=width)
+    elif shape == "ring":
+        draw.ellipse(box, outline=colour, width=width)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+    return image
+
+
+def write_shapes(
+    root: str | Path,
+    classes: tuple[str, ...] = DEMO_CLASSES,
+    per_class: int | dict[str, int] = DEMO_PER_CLASS,
+    size: int = DEMO_SIZE,
+    seed: int = 0,
+    fmt: str = "JPEG",
+) -> Path:
+    """Write root/<class>/<class>_<i>.<ext> images; returns root. Deterministic for a seed."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    ext = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "GIF": "gif"}[fmt]
+    for shape in classes:
+        count = per_class[shape] if isinstance(per_class, dict) else per_class
+        folder = root / shape
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            draw_shape(shape, size, rng).save(folder / f"{shape}_{i:04d}.{ext}", fmt)
+    return root
+
+
+def ensure_demo_dataset() -> Path:
+    """The demo dataset folder, generated on first use into the cache folder."""
+    root = cache_home() / "datasets" / f"shapes-v1-{len(DEMO_CLASSES)}x{DEMO_PER_CLASS}-{DEMO_SIZE}px"
+    done = root / ".complete"
+    if not done.exists():
+        log.info("Generating the demo dataset (%d classes x %d images) in %s", len(DEMO_CLASSES), DEMO_PER_CLASS, root)
+        write_shapes(root)
+        done.write_text("ok\n")
+    return root

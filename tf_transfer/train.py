@@ -1,0 +1,285 @@
+"""Train a classifier by transfer learning, in two phases, and export it.
+
+    python -m tf_transfer.train --data FOLDER --backbone NAME --name NAME
+
+Phase 1 trains the head on a frozen backbone; phase 2 unfreezes the top of the backbone and
+continues at a lower learning rate. Every run gets a self-describing folder
+(<runs_dir>/<name>/<timestamp>/): config, split manifest, data summary, skipped files, history,
+metrics, TensorBoard logs, checkpoints and the export path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from tf_transfer import cli
+from tf_transfer import config as config_lib
+from tf_transfer.config import Config
+
+log = logging.getLogger("tf_transfer.train")
+
+PHASE1_WEIGHTS = "phase1_final.weights.h5"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: Config
+    metrics: dict
+    history: list[dict]
+    export_path: Path | None = None
+    model: object = field(default=None, repr=False)
+    class_names: list[str] = field(default_factory=list)
+
+
+def new_run_dir(config: Config) -> Path:
+    root = Path(config.runs_dir) / config.name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir, n = root / stamp, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = root / f"{stamp}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def latest_run_dir(config: Config) -> Path:
+    root = Path(config.runs_dir) / config.name
+    runs = sorted(p for p in root.iterdir() if (p / "config.json").is_file()) if root.is_dir() else []
+    if not runs:
+        raise config_lib.ConfigError(f"--resume: no earlier run of {config.name!r} under {root}")
+    return runs[-1]
+
+
+def versions() -> dict:
+    import tensorflow as tf
+
+    from tf_transfer import __version__
+    from tf_transfer._keras import keras
+
+    out = {"tf_transfer": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
+           "tf_keras": keras.__version__}
+    try:
+        import tensorflow_hub as hub
+
+        out["tensorflow_hub"] = hub.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def _fit_phase(model, phase: int, config: Config, train_ds, val_ds, run_dir: Path, initial_epoch: int,
+               epochs: int, learning_rate: float, patience: int, class_weight) -> int:
+    """Compile and fit one phase; returns the number of the last epoch run (1-based, cumulative)."""
+    from tf_transfer import callbacks as cb
+    from tf_transfer._keras import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.model.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    monitor = "val_loss" if val_ds is not None else "loss"
+    ckpt = run_dir / "checkpoints"
+    callbacks = [
+        cb.HistoryRecorder(run_dir, phase),
+        keras.callbacks.BackupAndRestore(str(ckpt / f"backup_phase{phase}")),
+        cb.StateRecorder(run_dir, phase),
+        keras.callbacks.ModelCheckpoint(str(ckpt / f"best_phase{phase}.weights.h5"), monitor=monitor,
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0),
+    ]
+    if patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=patience,
+                                                       restore_best_weights=True, verbose=1))
+    history = model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
+                        epochs=initial_epoch + epochs, callbacks=callbacks, class_weight=class_weight,
+                        verbose=1 if sys.stdout.isatty() else 2)
+    epochs_run = history.epoch
+    return (epochs_run[-1] + 1) if epochs_run else initial_epoch
+
+
+def _log_params(model, phase: str) -> None:
+    from tf_transfer import model as model_lib
+
+    trainable = model_lib.count_params(model.trainable_weights)
+    total = model_lib.count_params(model.weights)
+    log.info("%s: %s trainable of %s parameters", phase, f"{trainable:,}", f"{total:,}")
+
+
+def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
+    """Train (or resume) a run and export it; returns the run folder, metrics and export path."""
+    from tf_transfer import backbones, data, evaluate, export
+    from tf_transfer import callbacks as cb
+    from tf_transfer import model as model_lib
+    from tf_transfer._keras import keras
+
+    resuming = resume_dir is not None
+    run_dir = Path(resume_dir) if resuming else new_run_dir(config)
+    cli.setup_logging(run_dir / "run.log")
+    keras.utils.set_random_seed(config.seed)
+    image_size = config.data.image_size or backbones.default_image_size(config.model.backbone)
+
+    if resuming:
+        state = cb.read_state(run_dir)
+        log.info("Resuming run %s (phase %s, after epoch %s)", run_dir, state.get("phase", 1),
+                 state.get("last_epoch", 0))
+        images = data.load_manifest(run_dir)
+    else:
+        state = {}
+        config.save(run_dir / "config.json")
+        (run_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+        log.info("Run folder: %s", run_dir)
+        images = data.prepare(config.data, config.seed)
+        images.write(run_dir)
+    log.info("Data: %s (%d classes)\n%s", images.source, images.num_classes, images.summary_table())
+    if images.skipped:
+        shown = sorted(images.skipped.items())[:10]
+        log.warning("Skipped %d unreadable file(s) (all listed in %s):\n%s", len(images.skipped),
+                     run_dir / data.SKIPPED, "\n".join(f"  {p}: {r}" for p, r in shown))
+
+    train_ds = data.pipeline(images, "train", config.data, image_size, config.seed, training=True)
+    val_ds = data.pipeline(images, "val", config.data, image_size, config.seed) if images.splits["val"] else None
+    test_ds = data.pipeline(images, "test", config.data, image_size, config.seed) if images.splits["test"] else None
+    class_weight = images.class_weights() if config.data.class_weights else None
+
+    strategy = _strategy()
+    with strategy.scope():
+        bb = backbones.build(config.model.backbone, config.model.weights, image_size,
+                             config.model.cut_layer, config.model.preprocess)
+        log.info("Backbone: %s, input %dx%d, preprocessing %r", bb.description, image_size, image_size, bb.preprocess)
+        model = model_lib.build_classifier(bb, images.num_classes, config.model, train_bn=config.phase2.train_bn)
+
+    phase1_weights = run_dir / "checkpoints" / PHASE1_WEIGHTS
+    epoch = 0
+    if state.get("phase1_done"):
+        model.load_weights(str(phase1_weights))
+        epoch = state["phase1_epochs"]
+        log.info("Phase 1 finished earlier (%d epochs); continuing with phase 2", epoch)
+    else:
+        with strategy.scope():
+            model_lib.freeze_backbone(model)
+        _log_params(model, "Phase 1 (backbone frozen)")
+        if config.phase1.epochs:
+            epoch = _fit_phase(model, 1, config, train_ds, val_ds, run_dir, 0, config.phase1.epochs,
+                               config.phase1.learning_rate, config.phase1.patience, class_weight)
+        phase1_weights.parent.mkdir(parents=True, exist_ok=True)
+        tmp = phase1_weights.with_name("phase1_final.tmp.h5")
+        model.save_weights(str(tmp))
+        os.replace(tmp, phase1_weights)
+        state = {**cb.read_state(run_dir), "phase1_done": True, "phase1_epochs": epoch}
+        cb.write_json_atomic(run_dir / cb.STATE, state)
+
+    if config.phase2.epochs:
+        with strategy.scope():
+            unfrozen = model_lib.unfreeze_top(model, config.phase2.unfreeze, config.phase2.train_bn)
+        log.info("Phase 2: unfroze %d backbone layers with weights (from %s up); BatchNorm %s",
+                 len(unfrozen), unfrozen[0] if unfrozen else "-", "trains" if config.phase2.train_bn else "frozen")
+        _log_params(model, "Phase 2 (fine-tuning)")
+        epoch = _fit_phase(model, 2, config, train_ds, val_ds, run_dir, epoch, config.phase2.epochs,
+                           config.phase2_learning_rate, config.phase2.patience, class_weight)
+
+    history = cb.read_history(run_dir)
+    boundary = state.get("phase1_epochs", 0)
+    (run_dir / "history.json").write_text(json.dumps({"phase_boundary": boundary, "epochs": history}, indent=2) + "\n")
+
+    metrics = {}
+    for split, ds in (("val", val_ds), ("test", test_ds)):
+        if ds is not None:
+            metrics[split] = evaluate.evaluate(model, ds, images.class_names)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for split, m in metrics.items():
+        log.info("%s accuracy: %.4f (loss %.4f, %d images)", split, m["accuracy"], m["loss"], m["num_examples"])
+
+    export_path = None
+    if config.export.enabled:
+        samples_split = "test" if images.splits["test"] else "train"
+        samples = _sample_bytes(images, samples_split)
+        export_path = export.export_classifier(
+            model, images.class_names, image_size, config.export.export_dir, config.name,
+            config={**config.to_dict(), "resolved": {"image_size": image_size, "preprocess": bb.preprocess}},
+            metrics=metrics, samples=samples)
+        (run_dir / "export_path.txt").write_text(f"{export_path}\n")
+        if config.export.verify:
+            result = export.verify_in_subprocess(export_path)
+            log.info("Export verified in a fresh process: %d sample images, same top-1, max score diff %.2g",
+                     result["samples"], result["max_score_diff"])
+        log.info("SavedModel: %s", export_path)
+    log.info("Run folder: %s", run_dir)
+    return RunResult(run_dir, config, metrics, history, export_path, model, images.class_names)
+
+
+def _strategy():
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()
+
+
+def _sample_bytes(images, split: str, count: int = 8) -> list[bytes]:
+    """Encoded bytes of a few images of a split (for export verification)."""
+    from tf_transfer import data
+
+    ds = data.encoded_images(images, images.splits[split][:count])
+    return [b for b, _ in ds.as_numpy_iterator()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tf_transfer.train", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="JSON config file (as saved in every run); flags override it")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                        help="continue an interrupted run: its folder, or the latest run of --name")
+    parser.add_argument("--list-backbones", action="store_true", help="list the registered backbones and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    cli.add_config_flags(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = cli.config_from_args(args)
+    except config_lib.ConfigError as e:
+        cli.fail(str(e))
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    cli.quiet_tensorflow()
+    cli.setup_logging()
+    if args.list_backbones:
+        from tf_transfer import backbones
+
+        for name in backbones.names():
+            spec = backbones.REGISTRY[name]
+            print(f"{name:32s} {spec.image_size:4d}px  preprocess={spec.family}")
+        return 0
+    resume_dir = None
+    if args.resume:
+        resume_dir = latest_run_dir(config) if args.resume == "latest" else Path(args.resume)
+        if not (resume_dir / "config.json").is_file():
+            cli.fail(f"--resume {args.resume}: {resume_dir} is not a run folder (no config.json)")
+        config = config_lib.load(resume_dir / "config.json")
+    from tf_transfer.backbones import BackboneError
+    from tf_transfer.data import DataError
+    from tf_transfer.export import ExportError
+
+    try:
+        run(config, resume_dir)
+    except (DataError, BackboneError, ExportError, config_lib.ConfigError) as e:
+        log.error("error: %s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
