@@ -100,7 +100,7 @@ def split_examples(
         members = sorted(by_class[label], key=lambda e: e.key)
         random.Random(f"{seed}:{label}").shuffle(members)
         n = len(members)
-        take = {s: int(round(n * f)) for s, f in fractions.items()}
+        take = {s: int(n * f + 0.5) for s, f in fractions.items()}  # round half up
         while n - sum(take.values()) < 1 and any(take.values()):  # keep one for training
             biggest = max(take, key=take.get)
             take[biggest] -= 1
@@ -113,6 +113,11 @@ def split_examples(
     for s in SPLITS:
         out[s].sort(key=lambda e: (e.label, e.key))
     return out
+
+
+def _tfds_order(e: Example) -> tuple[str, int]:
+    split, index = e.key.rsplit(":", 1)
+    return split, int(index)
 
 
 def _check_classes(class_names: list[str], splits: dict[str, list[Example]], location: str) -> None:
@@ -138,6 +143,9 @@ def prepare(cfg: DataConfig, seed: int) -> ImageData:
         raise DataError(f"{len(skipped)} file(s) cannot be used (--strict):\n{listing}")
     partitions = {s: [e for e in ex if e.key not in skipped] for s, ex in catalog.partitions.items()}
     splits = split_examples(partitions, cfg.val_fraction, cfg.test_fraction, seed)
+    if catalog.kind == "tfds":  # list TFDS examples in the order the pipeline reads them
+        for examples in splits.values():
+            examples.sort(key=_tfds_order)
     _check_classes(catalog.class_names, splits, catalog.location)
     return ImageData(catalog.class_names, splits, skipped, cfg.source, catalog.kind, catalog.tfds)
 
@@ -182,8 +190,9 @@ def encoded_images(data: ImageData, examples: list[Example]) -> tf.data.Dataset:
 
     t = data.tfds
     parts = []
-    for tfds_split in sorted({e.key.rsplit(":", 1)[0] for e in examples}):
-        wanted = sorted(int(e.key.rsplit(":", 1)[1]) for e in examples if e.key.rsplit(":", 1)[0] == tfds_split)
+    keys = sorted(_tfds_order(e) for e in examples)
+    for tfds_split in sorted({split for split, _ in keys}):
+        wanted = [i for split, i in keys if split == tfds_split]
         mask = [False] * (wanted[-1] + 1)
         for i in wanted:
             mask[i] = True

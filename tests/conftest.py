@@ -1,0 +1,83 @@
+"""Shared fixtures: generated image folders, small configs, one trained run reused across tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_0.35_224_no_top_imagenet.weights.h5"
+CIFAR = SHARED / "datasets" / "cifar10_small"
+SIZE = 64  # small inputs keep the suite fast on 2 CPU cores
+
+needs_shared = pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/datasets/cifar10_small is not present")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Generated datasets go to a temporary cache, not the user's home."""
+    os.environ["TF_TRANSFER_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    from tf_transfer import demo
+
+    return demo.write_shapes(tmp_path_factory.mktemp("shapes"), per_class=30, size=SIZE, seed=1)
+
+
+def make_config(tmp_path: Path, source: str, **overrides):
+    """A small, fast config writing runs and exports under tmp_path; overrides use dotted keys."""
+    from tf_transfer import config as config_lib
+
+    base = {
+        "runs_dir": str(tmp_path / "runs"),
+        "data.source": source,
+        "data.image_size": SIZE,
+        "data.batch_size": 16,
+        "export.export_dir": str(tmp_path / "saved_models"),
+        "export.verify": False,
+        "phase1.epochs": 2,
+        "phase2.epochs": 1,
+        "phase1.patience": 0,
+        "phase2.patience": 0,
+    }
+    base.update(overrides)
+    return config_lib.apply_overrides(config_lib.Config(), base)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, shapes_dir):
+    """One end-to-end run (both phases, export and fresh-process verification) shared by several tests."""
+    from tf_transfer import train
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    config = make_config(tmp, str(shapes_dir), name="shapes", **{
+        "phase1.epochs": 6, "phase2.epochs": 3, "export.verify": True, "phase2.unfreeze": "20",
+    })
+    return train.run(config)
+
+
+def save_tiny_backbone(path: Path, seed: int = 0) -> Path:
+    """A tiny conv feature extractor ([0, 1] pixels in, pooled features out) saved as a SavedModel:
+    a real local TF-Hub handle."""
+    from tf_transfer._keras import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, 3), name="pixels")
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    keras.Model(inputs, x, name="tiny").save(str(path), save_format="tf")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hub_handle(tmp_path_factory) -> Path:
+    return save_tiny_backbone(tmp_path_factory.mktemp("hub") / "tiny_features")
