@@ -173,7 +173,7 @@ def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
             epoch = _fit_phase(model, 1, config, train_ds, val_ds, run_dir, 0, config.phase1.epochs,
                                config.phase1.learning_rate, config.phase1.patience, class_weight)
         phase1_weights.parent.mkdir(parents=True, exist_ok=True)
-        tmp = phase1_weights.with_name("phase1_final.tmp.h5")
+        tmp = phase1_weights.with_name("phase1_final.partial.weights.h5")  # same format, atomic rename
         model.save_weights(str(tmp))
         os.replace(tmp, phase1_weights)
         state = {**cb.read_state(run_dir), "phase1_done": True, "phase1_epochs": epoch}

@@ -1,0 +1,153 @@
+"""Two-phase training: what each phase trains, hub backbones, and resuming a killed run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tf_transfer import backbones, train
+from tf_transfer import model as model_lib
+from tf_transfer._keras import keras
+from tf_transfer.config import ModelConfig
+
+from .conftest import SIZE, make_config
+
+
+def _by_name(layer):
+    return {w.name: w.numpy() for w in layer.weights}
+
+
+def _classifier(train_bn=False):
+    bb = backbones.build("mobilenet_v2_0.35", "imagenet", SIZE)
+    return model_lib.build_classifier(bb, 3, ModelConfig(), train_bn=train_bn)
+
+
+def test_phase1_leaves_backbone_bit_identical_phase2_only_unfrozen(trained_run):
+    reference = _by_name(backbones.build("mobilenet_v2_0.35", "imagenet", SIZE).layer)
+    phase1 = _classifier()
+    phase1.load_weights(str(trained_run.run_dir / "checkpoints" / train.PHASE1_WEIGHTS))
+    after1 = _by_name(phase1.get_layer("backbone"))
+    assert after1.keys() == reference.keys()
+    assert all(np.array_equal(after1[k], reference[k]) for k in reference)
+
+    final = trained_run.model.get_layer("backbone")
+    probe = _classifier()
+    unfrozen = set(model_lib.unfreeze_top(probe, "20"))
+    assert unfrozen and not any("BN" in n or "bn" in n for n in unfrozen)
+    for layer in final.layers:
+        for w in layer.weights:
+            before, after = after1[w.name], w.numpy()
+            if "moving_" in w.name or layer.name not in unfrozen:
+                assert np.array_equal(before, after), f"{w.name} changed but was frozen"
+            else:
+                assert not np.array_equal(before, after), f"{w.name} was unfrozen but did not train"
+
+
+def test_trainable_counts_per_phase():
+    m = _classifier()
+    head_params = 1280 * 3 + 3
+    model_lib.freeze_backbone(m)
+    assert model_lib.count_params(m.trainable_weights) == head_params
+    layers = [la for la in m.get_layer("backbone").layers if not isinstance(la, keras.layers.InputLayer)]
+
+    names = model_lib.unfreeze_top(m, "20")
+    top = layers[-20:]
+    expected = [la for la in top if la.weights and not isinstance(la, keras.layers.BatchNormalization)]
+    assert names == [la.name for la in expected]
+    assert model_lib.count_params(m.trainable_weights) == head_params + sum(
+        model_lib.count_params(la.trainable_weights) for la in expected)
+
+    names = model_lib.unfreeze_top(m, "block_16")
+    assert names[0].startswith("block_16") and all(not n.startswith("block_15") for n in names)
+    with_bn = model_lib.unfreeze_top(m, "block_16", train_bn=True)
+    assert len(with_bn) > len(names) and any("BN" in n for n in with_bn)
+    assert model_lib.unfreeze_top(m, "0") == []
+    assert model_lib.count_params(m.trainable_weights) == head_params
+    all_names = model_lib.unfreeze_top(m, "all")
+    assert "Conv1" in all_names
+    with pytest.raises(backbones.BackboneError, match="no backbone layer is named or starts with 'block_99'"):
+        model_lib.unfreeze_top(m, "block_99")
+
+
+def test_model_layers_are_named_and_output_probabilities():
+    m = _classifier()
+    assert [la.name for la in m.layers] == ["image", "preprocess", "backbone", "pooler", "head"]
+    assert m.get_layer("head").layers[-1].name == "probabilities"
+    p = m(np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")).numpy()
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_hub_handle_backbone_is_fine_tuned_in_phase2(hub_handle, shapes_dir, tmp_path):
+    config = make_config(tmp_path, str(shapes_dir), name="hub", **{
+        "model.backbone": f"hub:{hub_handle}", "phase1.epochs": 1, "phase2.epochs": 2, "phase2.unfreeze": "all",
+        "phase2.learning_rate": 0.01})
+    result = train.run(config)
+    original = keras.models.load_model(str(hub_handle))
+    start = {w.name.split("/")[-2] + "/" + w.name.split("/")[-1]: w.numpy() for w in original.weights}
+
+    def hub_weights(model):
+        return {w.name.split("/")[-2] + "/" + w.name.split("/")[-1]: w.numpy()
+                for w in model.get_layer("backbone").weights}
+
+    phase1 = model_lib.build_classifier(backbones.build(f"hub:{hub_handle}", "", SIZE), 3, ModelConfig())
+    phase1.load_weights(str(result.run_dir / "checkpoints" / train.PHASE1_WEIGHTS))
+    assert all(np.array_equal(v, start[k]) for k, v in hub_weights(phase1).items())
+    final = hub_weights(result.model)
+    assert not np.array_equal(final["conv1/kernel:0"], start["conv1/kernel:0"])
+    assert result.export_path is not None and (result.export_path / "saved_model.pb").is_file()
+
+
+def _history_lines(run_dir):
+    path = run_dir / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
+    args = [sys.executable, "-m", "tf_transfer.train", "--data", str(shapes_dir), "--name", "killme",
+            "--runs-dir", str(tmp_path / "runs"), "--export-dir", str(tmp_path / "saved_models"),
+            "--image-size", "32", "--phase1-epochs", "2", "--phase2-epochs", "25", "--phase1-patience", "0",
+            "--phase2-patience", "0", "--no-verify-export", "--batch-size", "16"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 240
+    run_dir = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = list((tmp_path / "runs" / "killme").glob("*"))
+            run_dir = runs[0] if runs else None
+            if run_dir and sum(e["phase"] == 2 for e in _history_lines(run_dir)) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["phase1_done"] and state["phase"] == 2
+    lines_before = len(_history_lines(run_dir))
+
+    out = subprocess.run([sys.executable, "-m", "tf_transfer.train", "--resume", str(run_dir)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Phase 1 finished earlier (2 epochs)" in out.stdout
+    new = _history_lines(run_dir)[lines_before:]
+    assert new and all(e["phase"] == 2 for e in new)  # phase 1 did not run again
+    assert new[0]["epoch"] == state["last_epoch"] + 1  # continues after the last checkpoint
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == list(range(1, 28))
+    assert history["phase_boundary"] == 2
+    assert "SavedModel:" in out.stdout and "test accuracy" in out.stdout
+
+
+def test_cli_reports_a_data_error_without_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "tf_transfer.train", "--data", str(tmp_path / "nowhere"),
+                          "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "does not exist" in out.stdout + out.stderr and "Traceback" not in out.stdout + out.stderr
