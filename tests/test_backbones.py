@@ -63,7 +63,7 @@ def test_imagenet_for_the_default_backbone_uses_the_vendored_file():
     got = sorted((w.numpy() for w in bb.layer.weights), key=lambda a: (a.shape, float(np.sum(a))))
     want = _h5_arrays(backbones.VENDORED_WEIGHTS["mobilenet_v2_0.35"])
     assert len(got) == len(want) == 260
-    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
 
 
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="../shared/weights not present")
@@ -78,7 +78,7 @@ def test_weights_path_loads_that_file():
 def test_bad_weights_give_clear_errors(tmp_path):
     with pytest.raises(BackboneError, match="no such file"):
         backbones.build("mobilenet_v2_0.35", str(tmp_path / "nope.h5"), 64)
-    with pytest.raises(BackboneError, match="could not load weights file .* into resnet50"):
+    with pytest.raises(BackboneError, match=r"could not load weights file .* into resnet50"):
         backbones.build("resnet50", str(backbones.VENDORED_WEIGHTS["mobilenet_v2_0.35"]), 64)
 
 

@@ -24,7 +24,7 @@ def test_unknown_keys_are_errors(tmp_path):
     with pytest.raises(config_lib.ConfigError, match=r"data: unknown key\(s\) sauce"):
         config_lib.load(path)
     path.write_text(json.dumps({"colour": 1}))
-    with pytest.raises(config_lib.ConfigError, match="unknown key.*colour"):
+    with pytest.raises(config_lib.ConfigError, match=r"unknown key.*colour"):
         config_lib.load(path)
 
 
@@ -33,7 +33,7 @@ def test_wrong_types_and_ranges_name_the_field():
         config_lib.from_dict({"phase1": {"epochs": "three"}})
     with pytest.raises(config_lib.ConfigError, match=r"model.dropout: expected a rate in \[0, 1\), got 1.5"):
         config_lib.from_dict({"model": {"dropout": 1.5}})
-    with pytest.raises(config_lib.ConfigError, match="data.val_fraction"):
+    with pytest.raises(config_lib.ConfigError, match=r"data\.val_fraction"):
         config_lib.from_dict({"data": {"val_fraction": 0.6, "test_fraction": 0.5}})
 
 

@@ -63,8 +63,8 @@ def _registry() -> dict[str, BackboneSpec]:
     add("xception", "Xception", "xception", 299)
     for depth in (121, 169, 201):
         add(f"densenet{depth}", f"DenseNet{depth}", "densenet", 224)
-    for size, ctor in (("tiny", "Tiny"), ("small", "Small"), ("base", "Base"), ("large", "Large"), ("xlarge", "XLarge")):
-        add(f"convnext_{size}", f"ConvNeXt{ctor}", "convnext", 224)
+    for size in ("Tiny", "Small", "Base", "Large", "XLarge"):
+        add(f"convnext_{size.lower()}", f"ConvNeXt{size}", "convnext", 224)
     add("nasnet_mobile", "NASNetMobile", "nasnet", 224, fixed=True)
     add("nasnet_large", "NASNetLarge", "nasnet", 331, fixed=True)
     add("vgg16", "VGG16", "vgg16", 224)

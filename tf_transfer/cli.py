@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
 
 from tf_transfer import config as config_lib
 
@@ -74,5 +73,15 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    return parser.parse_args(argv)
+def flags_markdown() -> str:
+    """The flag reference table of the README, generated from the config (a test keeps them in sync)."""
+    rows = ["| flag | config key | default | meaning |", "| --- | --- | --- | --- |"]
+    for path, t, f in config_lib.leaves():
+        flag = flag_name(path, f)
+        if t is bool:
+            flag = f"{flag} / --no-{flag[2:]}"
+        help_text = f.metadata.get("help", "").replace("|", "\\|")
+        if f.metadata.get("choices"):
+            help_text += f" One of: {', '.join(f.metadata['choices'])}."
+        rows.append(f"| `{flag}` | `{path}` | `{f.default!r}` | {help_text} |")
+    return "\n".join(rows)

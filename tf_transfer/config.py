@@ -39,7 +39,8 @@ class DataConfig:
     cache: str = _opt("memory", "Cache decoded, resized images: 'memory', 'none', or a folder for an on-disk cache.")
     shuffle_buffer: int = _opt(2048, "Shuffle buffer size for the training split (images).")
     augment: bool = _opt(True, "Augment the training split (flip, rotation, zoom, translation, contrast).")
-    flip: str = _opt("horizontal", "Random flips.", choices=("horizontal", "vertical", "horizontal_and_vertical", "none"))
+    flip: str = _opt("horizontal", "Random flips.",
+                     choices=("horizontal", "vertical", "horizontal_and_vertical", "none"))
     rotation: float = _opt(0.05, "Random rotation, as a fraction of a full turn.")
     zoom: float = _opt(0.1, "Random zoom, as a fraction of the image size.")
     translation: float = _opt(0.1, "Random translation, as a fraction of the image size.")
@@ -57,7 +58,8 @@ class ModelConfig:
         "feature vector (URL or local SavedModel folder), or 'model:PATH' for a saved Keras model.",
     )
     weights: str = _opt("imagenet", "Backbone weights: 'imagenet', 'none' (random init) or a path to a weights file.")
-    cut_layer: str = _opt("", "For 'model:PATH' backbones: the layer whose output feeds the head (default: last feature map).")
+    cut_layer: str = _opt(
+        "", "For 'model:PATH' backbones: the layer whose output feeds the head (default: the last feature map).")
     preprocess: str = _opt(
         "auto",
         "Input preprocessing inside the model: 'auto' (the backbone's own), 'none' (raw 0-255), 'unit' "
@@ -71,7 +73,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PhaseConfig:
-    epochs: int = _opt(5, "Epochs in this phase (0 skips it).")
+    epochs: int = _opt(10, "Epochs in this phase (0 skips it).")
     learning_rate: float = _opt(1e-3, "Learning rate (Adam).")
     patience: int = _opt(3, "Early stopping patience in epochs on validation loss (0: off); best weights are restored.")
 
@@ -104,7 +106,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     phase1: PhaseConfig = field(default_factory=PhaseConfig)
-    phase2: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(epochs=5, patience=3))
+    phase2: FineTuneConfig = field(default_factory=FineTuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict:

@@ -24,7 +24,7 @@ MANIFEST = "split_manifest.csv"
 SUMMARY = "data_summary.json"
 SKIPPED = "skipped_files.csv"
 
-__all__ = ["DataError", "ImageData", "prepare", "load_manifest", "split_examples"]
+__all__ = ["DataError", "ImageData", "load_manifest", "prepare", "split_examples"]
 
 
 @dataclass
@@ -173,7 +173,8 @@ def augmenter(cfg: DataConfig, seed: int) -> keras.Sequential:
     if cfg.zoom:
         layers.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="reflect", seed=seed + 2))
     if cfg.translation:
-        layers.append(keras.layers.RandomTranslation(cfg.translation, cfg.translation, fill_mode="reflect", seed=seed + 3))
+        layers.append(keras.layers.RandomTranslation(cfg.translation, cfg.translation, fill_mode="reflect",
+                                                     seed=seed + 3))
     if cfg.contrast:
         layers.append(keras.layers.RandomContrast(cfg.contrast, seed=seed + 4))
     return keras.Sequential(layers, name="augment")
@@ -198,8 +199,9 @@ def encoded_images(data: ImageData, examples: list[Example]) -> tf.data.Dataset:
             mask[i] = True
         ds = tfds.load(t["name"], split=tfds_split, data_dir=t["data_dir"] or None, shuffle_files=False,
                        decoders={t["image_key"]: tfds.decode.SkipDecoding()})
-        n = len(mask)  # indices past the last wanted one are never wanted
-        ds = ds.take(n).enumerate().filter(lambda i, ex, m=tf.constant(mask): tf.gather(m, i))
+        wanted_mask = tf.constant(mask)
+        # indices past the last wanted one are never wanted
+        ds = ds.take(len(mask)).enumerate().filter(lambda i, ex, m=wanted_mask: tf.gather(m, i))
         parts.append(ds.map(lambda i, ex: (ex[t["image_key"]], tf.cast(ex[t["label_key"]], tf.int32))))
     ds = parts[0]
     for p in parts[1:]:

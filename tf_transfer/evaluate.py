@@ -29,7 +29,7 @@ def metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> di
         correct = int((pred[mask] == c).sum())
         per_class[name] = {"support": support, "correct": correct,
                            "accuracy": correct / support if support else None}
-    return {"num_examples": int(len(labels)), "accuracy": float((pred == labels).mean()) if len(labels) else None,
+    return {"num_examples": len(labels), "accuracy": float((pred == labels).mean()) if len(labels) else None,
             "loss": loss, "per_class": per_class}
 
 

@@ -19,8 +19,8 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,9 @@ class ExportError(RuntimeError):
 
 
 def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.exists() else []
-    return max(versions, default=0) + 1
+    if not model_dir.exists():
+        return 1
+    return max((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), default=0) + 1
 
 
 def serving_signatures(model, class_names: list[str], image_size: int) -> dict:

@@ -113,8 +113,9 @@ def unfreeze_top(model: keras.Model, unfreeze: str, train_bn: bool = False) -> l
         matches = [i for i, layer in enumerate(layers) if layer.name == spec or layer.name.startswith(spec)]
         if not matches:
             blocks = sorted({layer.name.rsplit("_", 1)[0] for layer in layers if "block" in layer.name})[:12]
+            examples = ", ".join(blocks) or layers[-1].name
             raise BackboneError(f"--unfreeze {spec!r}: no backbone layer is named or starts with {spec!r}; "
-                                f"expected a layer count, 'all' or a name such as {', '.join(blocks) or layers[-1].name}")
+                                f"expected a layer count, 'all' or a name such as {examples}")
         start = matches[0]
     backbone.trainable = True
     unfrozen = []

@@ -146,10 +146,12 @@ def read_tfds(name: str, data_dir: str = "") -> Catalog:
     except tfds.core.registered.DatasetNotFoundError:
         known = difflib.get_close_matches(name.split(":")[0].split("/")[0], tfds.list_builders(), n=3)
         hint = f" Did you mean {', '.join(known)}?" if known else ""
-        raise DataError(f"unknown TFDS dataset {name!r}.{hint} See https://www.tensorflow.org/datasets/catalog") from None
+        raise DataError(f"unknown TFDS dataset {name!r}.{hint} "
+                        "See https://www.tensorflow.org/datasets/catalog") from None
     info = builder.info
     if not info.supervised_keys:
-        raise DataError(f"TFDS dataset {name!r} has no (image, label) supervised keys; it is not an image classification dataset")
+        raise DataError(f"TFDS dataset {name!r} has no (image, label) supervised keys; "
+                        "expected an image classification dataset")
     image_key, label_key = info.supervised_keys[:2]
     label_feature = info.features[label_key]
     if not hasattr(label_feature, "names"):

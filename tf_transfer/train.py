@@ -17,9 +17,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from tf_transfer import cli
 from tf_transfer import config as config_lib
@@ -182,8 +182,9 @@ def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
     if config.phase2.epochs:
         with strategy.scope():
             unfrozen = model_lib.unfreeze_top(model, config.phase2.unfreeze, config.phase2.train_bn)
-        log.info("Phase 2: unfroze %d backbone layers with weights (from %s up); BatchNorm %s",
-                 len(unfrozen), unfrozen[0] if unfrozen else "-", "trains" if config.phase2.train_bn else "frozen")
+        log.info("Phase 2: --unfreeze %s unfroze %d backbone layers with weights (from %s up); BatchNorm %s",
+                 config.phase2.unfreeze, len(unfrozen), unfrozen[0] if unfrozen else "-",
+                 "trains" if config.phase2.train_bn else "stays frozen")
         _log_params(model, "Phase 2 (fine-tuning)")
         epoch = _fit_phase(model, 2, config, train_ds, val_ds, run_dir, epoch, config.phase2.epochs,
                            config.phase2_learning_rate, config.phase2.patience, class_weight)
