@@ -46,8 +46,8 @@ def config_from_args(args: argparse.Namespace) -> config_lib.Config:
     return config_lib.apply_overrides(base, overrides)
 
 
-def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> None:
-    """Log tf_transfer messages to stdout (and to log_file, if given)."""
+def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> logging.Handler | None:
+    """Log tf_transfer messages to stdout (and to log_file, if given; returns that file's handler)."""
     root = logging.getLogger("tf_transfer")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not any(getattr(h, "_tf_transfer_console", False) for h in root.handlers):
@@ -55,11 +55,13 @@ def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> 
         console.setFormatter(logging.Formatter("%(message)s"))
         console._tf_transfer_console = True
         root.addHandler(console)
-    if log_file is not None:
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
     root.propagate = False
+    if log_file is None:
+        return None
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    return handler
 
 
 def quiet_tensorflow() -> None:

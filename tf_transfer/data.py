@@ -11,10 +11,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from tf_transfer import images, sources
-from tf_transfer._keras import keras
 from tf_transfer.config import DataConfig
 from tf_transfer.sources import SPLITS, DataError, Example
 
@@ -163,21 +163,44 @@ def load_manifest(run_dir: str | Path) -> ImageData:
     return ImageData(summary["class_names"], splits, skipped, summary["source"], summary["kind"], summary["tfds"])
 
 
-def augmenter(cfg: DataConfig, seed: int) -> keras.Sequential:
-    """The training-only augmentation, as Keras preprocessing layers on float batches."""
-    layers = []
-    if cfg.flip != "none":
-        layers.append(keras.layers.RandomFlip(cfg.flip, seed=seed))
-    if cfg.rotation:
-        layers.append(keras.layers.RandomRotation(cfg.rotation, fill_mode="reflect", seed=seed + 1))
-    if cfg.zoom:
-        layers.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="reflect", seed=seed + 2))
-    if cfg.translation:
-        layers.append(keras.layers.RandomTranslation(cfg.translation, cfg.translation, fill_mode="reflect",
-                                                     seed=seed + 3))
+def augment(batch: tf.Tensor, seed: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
+    """Random flip, one combined rotation/zoom/translation warp, and contrast, on a float batch.
+
+    The three geometric changes are composed into a single projective transform per image (one
+    resampling pass instead of three), and all randomness is stateless, drawn from `seed` [2].
+    """
+    shape = tf.shape(batch)
+    n, h, w = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    seeds = tf.random.experimental.stateless_split(seed, 7)
+
+    def uniform(i, low, high):
+        return tf.random.stateless_uniform([n], seeds[i], low, high)
+
+    if cfg.flip in ("horizontal", "horizontal_and_vertical"):
+        flip = uniform(0, 0.0, 1.0) < 0.5
+        batch = tf.where(flip[:, None, None, None], tf.reverse(batch, axis=[2]), batch)
+    if cfg.flip in ("vertical", "horizontal_and_vertical"):
+        flip = uniform(1, 0.0, 1.0) < 0.5
+        batch = tf.where(flip[:, None, None, None], tf.reverse(batch, axis=[1]), batch)
+    if cfg.rotation or cfg.zoom or cfg.translation:
+        angle = uniform(2, -cfg.rotation, cfg.rotation) * 2.0 * np.pi
+        scale = 1.0 + uniform(3, -cfg.zoom, cfg.zoom)  # > 1 shows more of the image (zoom out)
+        tx = uniform(4, -cfg.translation, cfg.translation) * w
+        ty = uniform(5, -cfg.translation, cfg.translation) * h
+        cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+        cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+        # Output pixel (x, y) samples input (cos*(x-cx) - sin*(y-cy) + cx - tx, sin*(x-cx) + cos*(y-cy) + cy - ty).
+        zeros = tf.zeros_like(cos)
+        transforms = tf.stack([cos, -sin, cx - cos * cx + sin * cy - tx,
+                               sin, cos, cy - sin * cx - cos * cy - ty, zeros, zeros], axis=1)
+        batch = tf.raw_ops.ImageProjectiveTransformV3(
+            images=batch, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="REFLECT")
     if cfg.contrast:
-        layers.append(keras.layers.RandomContrast(cfg.contrast, seed=seed + 4))
-    return keras.Sequential(layers, name="augment")
+        factor = uniform(6, 1.0 - cfg.contrast, 1.0 + cfg.contrast)[:, None, None, None]
+        mean = tf.reduce_mean(batch, axis=[1, 2], keepdims=True)
+        batch = tf.clip_by_value((batch - mean) * factor + mean, 0.0, 255.0)
+    return batch
 
 
 def encoded_images(data: ImageData, examples: list[Example]) -> tf.data.Dataset:
@@ -234,8 +257,13 @@ def pipeline(
     if not examples:
         raise DataError(f"the {split} split is empty")
     num_classes = data.num_classes
-    ds = encoded_images(data, examples)
-    ds = ds.map(lambda b, y: (images.decode_and_resize(b, image_size), y), num_parallel_calls=AUTOTUNE)
+    if data.kind == "tfds":
+        ds = encoded_images(data, examples)
+        ds = ds.map(lambda b, y: (images.decode_and_resize(b, image_size), y), num_parallel_calls=AUTOTUNE)
+    else:  # read and decode in one parallel step
+        ds = tf.data.Dataset.from_tensor_slices(([e.key for e in examples], [e.label for e in examples]))
+        ds = ds.map(lambda path, y: (images.decode_and_resize(tf.io.read_file(path), image_size), y),
+                    num_parallel_calls=AUTOTUNE)
     if cfg.cache == "memory":
         ds = ds.cache()
     elif cfg.cache != "none":
@@ -247,6 +275,7 @@ def pipeline(
     ds = ds.batch(batch_size or cfg.batch_size)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
     if training and cfg.augment:
-        augment = augmenter(cfg, seed)
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=AUTOTUNE)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+        ds = ds.map(lambda xy, s: (augment(xy[0], s, cfg), xy[1]), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)

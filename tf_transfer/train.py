@@ -118,14 +118,22 @@ def _log_params(model, phase: str) -> None:
 
 def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
     """Train (or resume) a run and export it; returns the run folder, metrics and export path."""
+    resuming = resume_dir is not None
+    run_dir = Path(resume_dir) if resuming else new_run_dir(config)
+    handler = cli.setup_logging(run_dir / "run.log")
+    try:
+        return _run(config, run_dir, resuming)
+    finally:
+        logging.getLogger("tf_transfer").removeHandler(handler)
+        handler.close()
+
+
+def _run(config: Config, run_dir: Path, resuming: bool) -> RunResult:
     from tf_transfer import backbones, data, evaluate, export
     from tf_transfer import callbacks as cb
     from tf_transfer import model as model_lib
     from tf_transfer._keras import keras
 
-    resuming = resume_dir is not None
-    run_dir = Path(resume_dir) if resuming else new_run_dir(config)
-    cli.setup_logging(run_dir / "run.log")
     keras.utils.set_random_seed(config.seed)
     image_size = config.data.image_size or backbones.default_image_size(config.model.backbone)
 
@@ -265,6 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:32s} {spec.image_size:4d}px  preprocess={spec.family}")
         return 0
     resume_dir = None
+    given = [path for path, _, _ in config_lib.leaves() if hasattr(args, path) and path != "name"]
+    if args.resume and (given or args.config):
+        cli.fail("--resume continues a run with its saved config; drop --config and the other flags "
+                 f"(got {', '.join(given) or '--config'})")
     if args.resume:
         resume_dir = latest_run_dir(config) if args.resume == "latest" else Path(args.resume)
         if not (resume_dir / "config.json").is_file():

