@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:32s} {spec.image_size:4d}px  preprocess={spec.family}")
         return 0
     resume_dir = None
-    given = [path for path, _, _ in config_lib.leaves() if hasattr(args, path) and path != "name"]
+    given = [path for path, _, _ in config_lib.leaves() if hasattr(args, path) and path not in ("name", "runs_dir")]
     if args.resume and (given or args.config):
         cli.fail("--resume continues a run with its saved config; drop --config and the other flags "
                  f"(got {', '.join(given) or '--config'})")
