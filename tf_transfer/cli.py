@@ -35,6 +35,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if t is bool:
             group.add_argument(flag_name(path, f), action=argparse.BooleanOptionalAction, **kwargs)
         else:
+            if f.metadata.get("const") is not None:
+                kwargs.update(nargs="?", const=f.metadata["const"])
             group.add_argument(flag_name(path, f), type=t, metavar=t.__name__.upper(),
                                choices=f.metadata.get("choices"), **kwargs)
 

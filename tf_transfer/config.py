@@ -13,14 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+TFLITE_VARIANTS = ("float", "dynamic", "float16", "int8")
+
 
 class ConfigError(ValueError):
     """A configuration value or file is not what tf_transfer expects."""
 
 
-def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None) -> Any:
-    """A config field with its CLI help text (and optionally its flag name and allowed values)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None,
+         const: Any = None) -> Any:
+    """A config field with its CLI help text (and optionally its flag name, allowed values, and the
+    value a bare flag means)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "const": const})
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,11 @@ class ExportConfig:
     export_dir: str = _opt("saved_models", "Root folder for SavedModel exports (<export_dir>/<name>/<version>/).")
     enabled: bool = _opt(True, "Export a SavedModel at the end of training.", flag="export")
     verify: bool = _opt(True, "Reload the export in a fresh process and check its predictions.", flag="verify-export")
+    top_k: int = _opt(5, "How many best classes the serving signatures return as top_k_classes/top_k_scores.")
+    max_image_pixels: int = _opt(50_000_000, "Serving refuses images with more pixels than this (read from the "
+                                 "file header, before decoding).")
+    tflite: str = _opt("", "Also write TFLite models: a comma list of float, dynamic, float16, int8 "
+                       "(a bare --tflite means float).", const="float")
 
 
 @dataclass(frozen=True)
@@ -247,6 +256,11 @@ def validate(config: Config) -> Config:
           config.phase2.learning_rate)
     check(config.phase1.epochs + config.phase2.epochs > 0, "phase1.epochs + phase2.epochs", "at least one epoch",
           0)
+    e = config.export
+    check(e.top_k >= 1, "export.top_k", "a positive integer", e.top_k)
+    check(e.max_image_pixels >= 1, "export.max_image_pixels", "a positive integer", e.max_image_pixels)
+    bad = [v for v in e.tflite.split(",") if v and v not in TFLITE_VARIANTS]
+    check(not bad, "export.tflite", f"a comma list of {', '.join(TFLITE_VARIANTS)}", e.tflite)
     u = config.phase2.unfreeze
     check(bool(u.strip()), "phase2.unfreeze", "a layer count, 'all' or a layer name prefix", u)
     if u.lstrip("-").isdigit():

@@ -49,11 +49,20 @@ def _probe(contents: tf.Tensor) -> tf.Tensor:
     return shape
 
 
+_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[", "File ")
+
+
 def clean_error(error: Exception) -> str:
-    """A TensorFlow op error as one readable line."""
+    """A TensorFlow op error as one readable line (the op's own message, without graph noise)."""
     message = getattr(error, "message", None) or str(error)
     message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
-    return message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    lines = [line.strip() for line in message.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(_NOISE)]
+    if not lines:
+        return type(error).__name__
+    text = re.sub(r"\s*\[\[\{\{node .*$|\s*\[Op:.*$", "", lines[0])
+    asserted = re.match(r"assertion failed: \[(.*?)\.?\s*\]", text)
+    return asserted.group(1) if asserted else text
 
 
 def find_unreadable(paths: Sequence[str]) -> dict[str, str]:

@@ -18,7 +18,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tf_transfer import cli
@@ -28,6 +28,7 @@ from tf_transfer.config import Config
 log = logging.getLogger("tf_transfer.train")
 
 PHASE1_WEIGHTS = "phase1_final.weights.h5"
+FINAL_WEIGHTS = "final.weights.h5"
 
 
 @dataclass
@@ -129,7 +130,7 @@ def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
 
 
 def _run(config: Config, run_dir: Path, resuming: bool) -> RunResult:
-    from tf_transfer import backbones, data, evaluate, export
+    from tf_transfer import backbones, data, evaluate
     from tf_transfer import callbacks as cb
     from tf_transfer import model as model_lib
     from tf_transfer._keras import keras
@@ -209,22 +210,68 @@ def _run(config: Config, run_dir: Path, resuming: bool) -> RunResult:
     for split, m in metrics.items():
         log.info("%s accuracy: %.4f (loss %.4f, %d images)", split, m["accuracy"], m["loss"], m["num_examples"])
 
-    export_path = None
-    if config.export.enabled:
-        samples_split = "test" if images.splits["test"] else "train"
-        samples = _sample_bytes(images, samples_split)
-        export_path = export.export_classifier(
-            model, images.class_names, image_size, config.export.export_dir, config.name,
-            config={**config.to_dict(), "resolved": {"image_size": image_size, "preprocess": bb.preprocess}},
-            metrics=metrics, samples=samples)
-        (run_dir / "export_path.txt").write_text(f"{export_path}\n")
-        if config.export.verify:
-            result = export.verify_in_subprocess(export_path)
-            log.info("Export verified in a fresh process: %d sample images, same top-1, max score diff %.2g",
-                     result["samples"], result["max_score_diff"])
-        log.info("SavedModel: %s", export_path)
+    final_weights = run_dir / "checkpoints" / FINAL_WEIGHTS
+    tmp = final_weights.with_name("final.partial.weights.h5")
+    model.save_weights(str(tmp))
+    os.replace(tmp, final_weights)
+    export_path = _export(config, run_dir, model, images, metrics, image_size, bb.preprocess) \
+        if config.export.enabled else None
     log.info("Run folder: %s", run_dir)
     return RunResult(run_dir, config, metrics, history, export_path, model, images.class_names)
+
+
+def _export(config: Config, run_dir: Path, model, images, metrics: dict, image_size: int, preprocess: str) -> Path:
+    """Export the trained model, record where, and verify the export in a fresh process."""
+    from tf_transfer import data, export
+
+    samples = _sample_bytes(images, "test" if images.splits["test"] else "train")
+    variants = [v for v in config.export.tflite.split(",") if v]
+    representative = []
+    if "int8" in variants:  # calibration images for full-integer quantization, from the training split
+        plain = replace(config.data, augment=False, cache="none")
+        ds = data.pipeline(images, "train", plain, image_size, config.seed, batch_size=1)
+        representative = [x.numpy() for x, _ in ds.take(100)]
+    path = export.export_classifier(
+        model, images.class_names, image_size, config.export.export_dir, config.name,
+        config={**config.to_dict(), "resolved": {"image_size": image_size, "preprocess": preprocess}},
+        metrics=metrics, samples=samples, top_k=config.export.top_k,
+        max_image_pixels=config.export.max_image_pixels, tflite=variants, representative=representative)
+    (run_dir / "export_path.txt").write_text(f"{path}\n")
+    if config.export.verify:
+        result = export.verify_in_subprocess(path)
+        log.info("Export verified in a fresh process: %d sample images, same top-1, max score diff %.2g",
+                 result["samples"], result["max_score_diff"])
+    log.info("SavedModel: %s", path)
+    commands = export.serving_commands(path)
+    log.info("Serve it with TF Serving:\n  %s\n  %s\nor locally for development:\n  %s",
+             commands["docker"], commands["tensorflow_model_server"], commands["local_dev_server"])
+    return path
+
+
+def export_from_run(config: Config, run_dir: Path) -> Path:
+    """Rebuild a finished run's model from its final weights and export it as a new version."""
+    import json as json_lib
+
+    from tf_transfer import backbones, data
+    from tf_transfer import model as model_lib
+
+    handler = cli.setup_logging(run_dir / "run.log")
+    try:
+        weights = run_dir / "checkpoints" / FINAL_WEIGHTS
+        if not weights.is_file():
+            raise config_lib.ConfigError(f"{run_dir} has no {weights.name}; expected a finished run folder")
+        images = data.load_manifest(run_dir)
+        image_size = config.data.image_size or backbones.default_image_size(config.model.backbone)
+        # The final weights replace whatever the backbone starts with, so skip any download.
+        bb = backbones.build(config.model.backbone, "none", image_size, config.model.cut_layer,
+                             config.model.preprocess)
+        model = model_lib.build_classifier(bb, images.num_classes, config.model, train_bn=config.phase2.train_bn)
+        model.load_weights(str(weights))
+        metrics = json_lib.loads((run_dir / "metrics.json").read_text())
+        return _export(config, run_dir, model, images, metrics, image_size, bb.preprocess)
+    finally:
+        logging.getLogger("tf_transfer").removeHandler(handler)
+        handler.close()
 
 
 def _strategy():

@@ -1,0 +1,138 @@
+"""The serving graph: what an exported model does with a request.
+
+Signatures (names, inputs and outputs are documented in the README):
+
+- ``serving_default``: ``image_bytes`` string [batch] (encoded JPEG/PNG/BMP/GIF/WebP, what TF
+  Serving's REST API passes for ``{"b64": ...}``) -> ``scores``, ``classes``, ``top_k_scores``,
+  ``top_k_classes``.
+- ``serving_pixels`` / ``serving_pixels_uint8``: ``pixels`` float32 / uint8 [batch, H, W, 3] (0-255,
+  any size) -> the same outputs.
+- ``classify``: ``inputs`` serialized ``tf.Example`` with an ``image/encoded`` bytes feature ->
+  ``classes`` and ``scores`` (TF Serving's Classify API).
+
+Every path resizes and quantizes exactly as the training pipeline (``images.resize``), and the model
+applies its own preprocessing, so training and serving cannot disagree. Image sizes are read from
+the file header before decoding: zero-sized images and images over a pixel budget fail the request
+before any large allocation.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tf_transfer import images
+
+DEFAULT = "serving_default"
+PIXELS = "serving_pixels"
+PIXELS_UINT8 = "serving_pixels_uint8"
+CLASSIFY = "classify"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+BYTES_INPUT = "image_bytes"
+PIXELS_INPUT = "pixels"
+EXAMPLE_INPUT = "inputs"
+EXAMPLE_FEATURE = "image/encoded"
+
+
+def _int(contents: tf.Tensor, offset: int, size: int, little_endian: bool) -> tf.Tensor:
+    """An unsigned integer of `size` bytes at `offset`, as int64."""
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, offset, size), tf.uint8), tf.int64)
+    weights = [256 ** i for i in range(size)]
+    return tf.reduce_sum(raw * tf.constant(weights if little_endian else weights[::-1], tf.int64))
+
+
+def header_size(contents: tf.Tensor) -> tf.Tensor:
+    """[height, width] from the header of a JPEG, PNG, GIF or BMP; [-1, -1] for other formats."""
+    n = tf.strings.length(contents)
+    prefix = tf.strings.substr(contents, 0, 8)
+
+    def png():
+        return tf.stack([_int(contents, 20, 4, False), _int(contents, 16, 4, False)])
+
+    def gif():
+        return tf.stack([_int(contents, 8, 2, True), _int(contents, 6, 2, True)])
+
+    def bmp():
+        height = _int(contents, 22, 4, True)
+        height = tf.where(height >= 2**31, 2**32 - height, height)  # negative (two's complement): top-down rows
+        return tf.stack([height, _int(contents, 18, 4, True)])
+
+    def jpeg():
+        return tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64)
+
+    return tf.case([
+        (tf.logical_and(n >= 24, tf.equal(prefix, b"\x89PNG\r\n\x1a\n")), png),
+        (tf.logical_and(n >= 10, tf.equal(tf.strings.substr(prefix, 0, 3), b"GIF")), gif),
+        (tf.logical_and(n >= 26, tf.equal(tf.strings.substr(prefix, 0, 2), b"BM")), bmp),
+        (tf.io.is_jpeg(contents), jpeg),
+    ], default=lambda: tf.constant([-1, -1], tf.int64), exclusive=False)
+
+
+def checked_decode(contents: tf.Tensor, size: int, max_pixels: int) -> tf.Tensor:
+    """Decode one encoded image to uint8 [size, size, 3], refusing empty, zero-sized or huge images."""
+    tf.debugging.assert_positive(tf.strings.length(contents), message="empty image bytes")
+    hw = header_size(contents)
+    known = tf.reduce_all(hw >= 0)
+    checks = [
+        tf.debugging.assert_equal(tf.logical_or(tf.logical_not(known), tf.reduce_all(hw > 0)), True,
+                                  message="image has zero width or height"),
+        tf.debugging.assert_equal(tf.logical_or(tf.logical_not(known), hw[0] * hw[1] <= max_pixels), True,
+                                  message=f"image is larger than the limit of {max_pixels} pixels"),
+    ]
+    with tf.control_dependencies(checks):
+        image = images.decode(contents)
+    tf.debugging.assert_positive(tf.size(image), message="image has zero width or height")
+    return images.resize(image, size)
+
+
+def build(model, class_names: list[str], image_size: int, top_k: int, max_pixels: int) -> dict:
+    """The tf.functions to save as signatures, keyed by signature name."""
+    names = tf.constant(class_names)
+    k = max(1, min(top_k, len(class_names)))
+    spec = tf.TensorSpec([image_size, image_size, 3], tf.uint8)
+
+    def outputs(pixels_uint8):
+        scores = model(tf.cast(pixels_uint8, tf.float32), training=False)
+        scores = tf.cast(scores, tf.float32)
+        classes = tf.tile(names[tf.newaxis], [tf.shape(scores)[0], 1])
+        top_scores, top_index = tf.math.top_k(scores, k=k)
+        return {"scores": scores, "classes": classes,
+                "top_k_scores": top_scores, "top_k_classes": tf.gather(names, top_index)}
+
+    def decode_batch(image_bytes):
+        return tf.map_fn(lambda b: checked_decode(b, image_size, max_pixels), image_bytes, fn_output_signature=spec)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+    def serve_bytes(image_bytes):
+        return outputs(decode_batch(image_bytes))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name=PIXELS_INPUT)])
+    def serve_pixels(pixels):
+        return outputs(images.resize(tf.clip_by_value(pixels, 0.0, 255.0), image_size))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=PIXELS_INPUT)])
+    def serve_pixels_uint8(pixels):
+        return outputs(images.resize(pixels, image_size))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLE_INPUT)])
+    def classify(inputs):
+        features = tf.io.parse_example(inputs, {EXAMPLE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+        out = outputs(decode_batch(features[EXAMPLE_FEATURE]))
+        return {"classes": out["classes"], "scores": out["scores"]}
+
+    return {DEFAULT: serve_bytes, PIXELS: serve_pixels, PIXELS_UINT8: serve_pixels_uint8, CLASSIFY: classify}
+
+
+def mark_classify(export_dir: str) -> None:
+    """Give the classify signature TF Serving's Classify method name (tf.saved_model.save writes
+    every signature as Predict), so TF Serving offers :classify for it."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = tf.io.gfile.join(export_dir, "saved_model.pb")
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    for meta_graph in proto.meta_graphs:
+        if CLASSIFY in meta_graph.signature_def:
+            meta_graph.signature_def[CLASSIFY].method_name = CLASSIFY_METHOD
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(proto.SerializeToString())
