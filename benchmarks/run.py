@@ -32,6 +32,8 @@ def main() -> None:
         srv = bench_serving.run(Path(tmp))
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU" if not tf.config.list_physical_devices(
         "GPU") else f"{platform.machine()}, {os.cpu_count()} cores, GPU"
+    scan_cost = pipe["images_per_s"]["ours"] / pipe["images_per_s"]["scan"]
+    b32 = srv["batch32_images_per_s"]
     text = f"""# Benchmarks
 
 Written by `python -m benchmarks.run` on {time.strftime('%Y-%m-%d')} ({machine}; TensorFlow {tf.__version__}).
@@ -56,7 +58,7 @@ pass, no cache, no augmentation.
   parity is what the first epoch can reach; the gain is in later epochs: cached epochs run
   {pipe['cached_epoch_ratio']:.1f}x faster than the first.
 - The up-front file check (every file decoded once, JPEGs at 1/8 scale) costs
-  {pipe['images_per_s']['ours'] / pipe['images_per_s']['scan']:.2f}x the time of one uncached epoch, once per run: on these
+  {scan_cost:.2f}x the time of one uncached epoch, once per run: on these
   high-quality JPEGs entropy decoding dominates, so the 1/8-scale IDCT saves little.
 
 ## Frozen-phase training (issue 2; target >= 0.9x)
@@ -84,7 +86,7 @@ Keras model's `predict_on_batch` on already decoded and resized tensors; 500x375
 
 | measure | bytes signature | Keras on decoded tensors |
 | --- | ---: | ---: |
-| batch 32, images/s | {srv['batch32_images_per_s']['bytes_signature']:,.0f} | {srv['batch32_images_per_s']['keras_decoded']:,.0f} |
+| batch 32, images/s | {b32['bytes_signature']:,.0f} | {b32['keras_decoded']:,.0f} |
 | one image, p50 ms | {srv['single_bytes']['p50_ms']:.1f} | {srv['single_keras']['p50_ms']:.1f} |
 | one image, p99 ms | {srv['single_bytes']['p99_ms']:.1f} | {srv['single_keras']['p99_ms']:.1f} |
 
