@@ -1,5 +1,7 @@
 """Backbone registry, preprocessing, weights, TF-Hub handles and saved models."""
 
+import urllib.request
+
 import h5py
 import numpy as np
 import pytest
@@ -87,8 +89,11 @@ def test_failed_download_says_how_to_pass_local_weights(monkeypatch, tmp_path):
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with pytest.raises(BackboneError, match="--weights PATH"):
-        backbones.build("mobilenet_0.25", "imagenet", 128)
+    try:
+        with pytest.raises(BackboneError, match="--weights PATH"):
+            backbones.build("mobilenet_0.25", "imagenet", 128)
+    finally:
+        urllib.request.install_opener(None)  # urllib's global opener cached the dead proxy
 
 
 def test_hub_handle_from_a_local_saved_model(hub_handle):

@@ -75,6 +75,8 @@ class RestClient:
         self.base = url.rstrip("/")
         self.model, self.version = model, version
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        # An opener of our own reads the proxy settings now, not those cached by urllib's global opener.
+        self._opener = urllib.request.build_opener()
 
     def _path(self, suffix: str = "") -> str:
         version = f"/versions/{self.version}" if self.version is not None else ""
@@ -86,7 +88,7 @@ class RestClient:
 
         def call():
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with self._opener.open(request, timeout=self.timeout) as response:
                     return json.loads(response.read())
             except urllib.error.HTTPError as e:
                 try:

@@ -1,0 +1,175 @@
+"""Reports: plots saved as PNG and one self-contained report.html (images embedded, no network)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tf_transfer import evaluate, plots
+
+log = logging.getLogger(__name__)
+GRID = 12  # images per sample / worst-mistakes grid
+
+
+def gather_images(dataset, indices: list[int]) -> np.ndarray:
+    """uint8 images at the given positions of a non-shuffled, batched (x, y) dataset (a second pass)."""
+    import tensorflow as tf
+
+    wanted = sorted(set(int(i) for i in indices))
+    if not wanted:
+        return np.zeros((0, 1, 1, 3), np.uint8)
+    table = tf.constant(wanted, tf.int64)
+    ds = dataset.unbatch().enumerate().filter(lambda i, xy: tf.reduce_any(tf.equal(table, i)))
+    found = {int(i): np.clip(xy[0].numpy(), 0, 255).astype(np.uint8) for i, xy in ds.take(len(wanted))}
+    return np.stack([found[int(i)] for i in indices])
+
+
+def worst_indices(labels: np.ndarray, probs: np.ndarray, count: int = GRID) -> list[int]:
+    """The examples with the highest loss (misclassified first, as they have the highest loss)."""
+    loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], evaluate.EPS, 1.0))
+    return [int(i) for i in np.argsort(-loss)[:count]]
+
+
+def write_plots(out_dir: Path, class_names: list[str], m: dict, dataset, labels: np.ndarray, probs: np.ndarray,
+                history: list[dict] | None = None, boundary: int = 0, counts: dict | None = None) -> dict[str, Path]:
+    """Save every plot of a run or evaluation as PNG in out_dir/plots; returns {name: path}."""
+    figures = {
+        "confusion_matrix": plots.confusion(m["confusion_matrix"], class_names),
+        "per_class_f1": plots.per_class_f1(m),
+    }
+    if history:
+        figures["curves"] = plots.history_curves(history, boundary)
+    if counts:
+        figures["class_distribution"] = plots.class_distribution(counts)
+    if len(labels):
+        sample = list(range(min(GRID, len(labels))))
+        figures["samples"] = plots.predictions_grid(gather_images(dataset, sample), labels[sample], probs[sample],
+                                                    class_names, "sample predictions")
+        worst = worst_indices(labels, probs)
+        figures["worst_mistakes"] = plots.predictions_grid(gather_images(dataset, worst), labels[worst],
+                                                           probs[worst], class_names, "highest-loss examples")
+    return {name: plots.save(fig, out_dir / "plots" / f"{name}.png") for name, fig in figures.items()}
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else ("–" if v is None else str(v))
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:12px}
+img{max-width:100%;margin:.5em 0}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}"""
+
+
+def render(title: str, sections: list[tuple[str, str]]) -> str:
+    """A complete HTML page: no scripts, no external resources."""
+    body = "".join(f'<section id="{html.escape(name.lower().replace(" ", "-"))}"><h2>{html.escape(name)}</h2>'
+                   f"{content}</section>" for name, content in sections)
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>{time.strftime('%Y-%m-%d %H:%M')}</p>{body}</body></html>")
+
+
+def comparison_rows(metrics: dict) -> list[list]:
+    rows = []
+    for label, key in (("phase 1 (frozen backbone)", "phase1"), ("final (after fine-tuning)", None),
+                       ("from scratch, same budget", "baseline_scratch")):
+        m = metrics.get(key) if key else metrics
+        if m and m.get("test"):
+            rows.append([label, _fmt(m["test"]["accuracy"]), _fmt(m["test"]["log_loss"]),
+                         _fmt(m.get("val", {}).get("accuracy") if m.get("val") else None)])
+    return rows
+
+
+def write_report(out_dir: Path, title: str, split: str, m: dict, plot_paths: dict[str, Path], *,
+                 config: dict | None = None, data_summary: dict | None = None, skipped: dict | None = None,
+                 all_metrics: dict | None = None, export_path: str | None = None) -> Path:
+    """report.html with every section available; returns its path."""
+    sections = []
+    if all_metrics:
+        sections.append(("Summary", _table(["model", f"{split} accuracy", f"{split} log loss", "val accuracy"],
+                                           comparison_rows(all_metrics))))
+    sections.append((f"Metrics ({split})", f"<pre>{html.escape(evaluate.format_table(m))}</pre>"))
+    sections.append(("Plots", "".join(_img(p) for p in plot_paths.values())))
+    if data_summary:
+        counts = data_summary["counts"]
+        rows = [[name, c.get("train", 0), c.get("val", 0), c.get("test", 0)] for name, c in counts.items()]
+        sections.append(("Data", f"<p>source: {html.escape(str(data_summary.get('source')))}</p>"
+                                 + _table(["class", "train", "val", "test"], rows)))
+    skipped = skipped or {}
+    listing = "".join(f"<li>{html.escape(p)}: {html.escape(r)}</li>" for p, r in sorted(skipped.items())[:200])
+    sections.append(("Skipped files", f"<p>{len(skipped)} file(s) skipped.</p><ul>{listing}</ul>"))
+    if export_path:
+        sections.append(("Export", f"<p>SavedModel: <code>{html.escape(str(export_path))}</code></p>"))
+    if config:
+        sections.append(("Config", f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>"))
+    path = out_dir / "report.html"
+    path.write_text(render(title, sections))
+    return path
+
+
+def evaluate_export(export: str, source: str, split: str = "all", output: str | None = None,
+                    batch_size: int = 32) -> Path:
+    """Evaluate an exported model on labelled data matched by class name; returns the output folder."""
+    import tensorflow as tf
+
+    from tf_transfer import data, images, sources
+    from tf_transfer import export as export_lib
+    from tf_transfer.config import DataConfig
+
+    path = export_lib.latest_version(export)
+    labels_file = path / "labels.txt"
+    if not labels_file.is_file():
+        raise export_lib.ExportError(f"{path} has no labels.txt; expected an export written by tf_transfer")
+    model_classes = labels_file.read_text().splitlines()
+    image_size = json.loads((path / "config.json").read_text())["resolved"]["image_size"]
+    catalog = sources.resolve(source)
+    unknown = sorted(set(catalog.class_names) - set(model_classes))
+    if unknown:
+        raise sources.DataError(f"classes {', '.join(unknown)} in {catalog.location} are not classes of the model "
+                                f"{path} (which knows {', '.join(model_classes)})")
+    parts = [s for s in catalog.partitions if split == "all" or s == split]
+    if not parts:
+        raise sources.DataError(f"{catalog.location} has no {split} split; it has {', '.join(catalog.partitions)}")
+    examples = [e for s in parts for e in catalog.partitions[s]]
+    skipped = dict(catalog.skipped)
+    if catalog.kind != "tfds":
+        skipped.update(images.find_unreadable([e.key for e in examples]))
+    remap = {i: model_classes.index(name) for i, name in enumerate(catalog.class_names)}
+    examples = [sources.Example(e.key, remap[e.label]) for e in examples if e.key not in skipped]
+    if not examples:
+        raise sources.DataError(f"no readable images to evaluate in {catalog.location}")
+    imgs = data.ImageData(model_classes, {"train": [], "val": [], "test": examples}, skipped, source, catalog.kind,
+                          catalog.tfds)
+    ds = data.pipeline(imgs, "test", DataConfig(cache="none", augment=False, batch_size=batch_size), image_size, 0)
+    fn = tf.saved_model.load(str(path)).signatures["serving_pixels"]
+    labels, probs = evaluate.predict(lambda x: fn(pixels=x)["scores"].numpy(), ds)
+    m = evaluate.metrics(labels, probs, model_classes)
+    out = Path(output) if output else Path("runs") / "evaluations" / \
+        f"{path.parent.name}-v{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+    (out / "metrics.txt").write_text(evaluate.format_table(m, f"{path} on {source}") + "\n")
+    log.info("%s", evaluate.format_table(m, f"{path} on {source} ({len(examples)} images, {len(skipped)} skipped)"))
+    plot_paths = write_plots(out, model_classes, m, ds, labels, probs)
+    write_report(out, f"Evaluation of {path}", "eval", m, plot_paths, skipped=skipped,
+                 data_summary={"source": source, "counts": {n: {"test": m["per_class"][n]["support"]}
+                                                            for n in model_classes}}, export_path=str(path))
+    return out
