@@ -59,7 +59,7 @@ def trained_run(tmp_path_factory, shapes_dir):
     tmp = tmp_path_factory.mktemp("e2e")
     config = make_config(tmp, str(shapes_dir), name="shapes", **{
         "phase1.epochs": 6, "phase2.epochs": 3, "export.verify": True, "phase2.unfreeze": "20",
-        "export.tflite": "float,int8",
+        "export.tflite": "float,int8", "evaluation.baseline": "scratch",
     })
     return train.run(config)
 

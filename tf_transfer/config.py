@@ -108,6 +108,15 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    baseline: str = _opt("none", "Also train a from-scratch baseline (same architecture, data and epoch budget, "
+                         "all layers trained from random initialisation) and report both.",
+                         choices=("none", "scratch"))
+    report: bool = _opt(True, "Write plots and report.html into the run folder.")
+    top_k: int = _opt(5, "k of the top-k accuracy in the metrics.", flag="metrics-top-k")
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = _opt("classifier", "Name of the model: names the export folder and the run folder.")
     seed: int = _opt(42, "Random seed for splits, shuffling, augmentation and initialisation.")
@@ -117,6 +126,7 @@ class Config:
     phase1: PhaseConfig = field(default_factory=PhaseConfig)
     phase2: FineTuneConfig = field(default_factory=FineTuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -256,6 +266,7 @@ def validate(config: Config) -> Config:
           config.phase2.learning_rate)
     check(config.phase1.epochs + config.phase2.epochs > 0, "phase1.epochs + phase2.epochs", "at least one epoch",
           0)
+    check(config.evaluation.top_k >= 1, "evaluation.top_k", "a positive integer", config.evaluation.top_k)
     e = config.export
     check(e.top_k >= 1, "export.top_k", "a positive integer", e.top_k)
     check(e.max_image_pixels >= 1, "export.max_image_pixels", "a positive integer", e.max_image_pixels)

@@ -126,5 +126,14 @@ def unfreeze_top(model: keras.Model, unfreeze: str, train_bn: bool = False) -> l
     return unfrozen
 
 
+def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
+    """Set the moving-average momentum of every BatchNorm layer in the backbone; returns how many."""
+    backbone = backbone_of(model)
+    layers = [la for la in getattr(backbone, "layers", []) if _is_batchnorm(la)]
+    for layer in layers:
+        layer.momentum = momentum
+    return len(layers)
+
+
 def count_params(weights) -> int:
     return int(sum(np.prod(w.shape) for w in weights))

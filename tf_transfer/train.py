@@ -29,6 +29,7 @@ log = logging.getLogger("tf_transfer.train")
 
 PHASE1_WEIGHTS = "phase1_final.weights.h5"
 FINAL_WEIGHTS = "final.weights.h5"
+PHASE1_METRICS = "phase1_metrics.json"
 
 
 @dataclass
@@ -129,8 +130,8 @@ def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
         handler.close()
 
 
-def _run(config: Config, run_dir: Path, resuming: bool) -> RunResult:
-    from tf_transfer import backbones, data, evaluate
+def _run(config: Config, run_dir: Path, resuming: bool, images=None) -> RunResult:
+    from tf_transfer import backbones, data
     from tf_transfer import callbacks as cb
     from tf_transfer import model as model_lib
     from tf_transfer._keras import keras
@@ -148,7 +149,7 @@ def _run(config: Config, run_dir: Path, resuming: bool) -> RunResult:
         config.save(run_dir / "config.json")
         (run_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
         log.info("Run folder: %s", run_dir)
-        images = data.prepare(config.data, config.seed)
+        images = images or data.prepare(config.data, config.seed)
         images.write(run_dir)
     log.info("Data: %s (%d classes)\n%s", images.source, images.num_classes, images.summary_table())
     if images.skipped:
@@ -167,6 +168,11 @@ def _run(config: Config, run_dir: Path, resuming: bool) -> RunResult:
                              config.model.cut_layer, config.model.preprocess)
         log.info("Backbone: %s, input %dx%d, preprocessing %r", bb.description, image_size, image_size, bb.preprocess)
         model = model_lib.build_classifier(bb, images.num_classes, config.model, train_bn=config.phase2.train_bn)
+        if config.model.weights == "none" and config.phase2.train_bn:
+            # From random init the BatchNorm statistics must be learned within this run; ImageNet models'
+            # momentum (0.99-0.999) would leave the moving averages near their initial values after a
+            # few hundred steps, and inference would then see unnormalised activations.
+            model_lib.set_batchnorm_momentum(model, 0.9)
 
     phase1_weights = run_dir / "checkpoints" / PHASE1_WEIGHTS
     epoch = 0
@@ -185,6 +191,9 @@ def _run(config: Config, run_dir: Path, resuming: bool) -> RunResult:
         tmp = phase1_weights.with_name("phase1_final.partial.weights.h5")  # same format, atomic rename
         model.save_weights(str(tmp))
         os.replace(tmp, phase1_weights)
+        if config.phase1.epochs and config.phase2.epochs:  # phase 1 alone, to show what fine-tuning adds
+            phase1_metrics = _evaluate_splits(model, {"val": val_ds, "test": test_ds}, images.class_names, config)
+            cb.write_json_atomic(run_dir / PHASE1_METRICS, phase1_metrics)
         state = {**cb.read_state(run_dir), "phase1_done": True, "phase1_epochs": epoch}
         cb.write_json_atomic(run_dir / cb.STATE, state)
 
@@ -202,13 +211,14 @@ def _run(config: Config, run_dir: Path, resuming: bool) -> RunResult:
     boundary = state.get("phase1_epochs", 0)
     (run_dir / "history.json").write_text(json.dumps({"phase_boundary": boundary, "epochs": history}, indent=2) + "\n")
 
-    metrics = {}
-    for split, ds in (("val", val_ds), ("test", test_ds)):
-        if ds is not None:
-            metrics[split] = evaluate.evaluate(model, ds, images.class_names)
+    predictions: dict = {}
+    metrics = _evaluate_splits(model, {"val": val_ds, "test": test_ds}, images.class_names, config, predictions)
+    if (run_dir / PHASE1_METRICS).is_file():
+        metrics["phase1"] = json.loads((run_dir / PHASE1_METRICS).read_text())
+    if config.evaluation.baseline == "scratch":
+        metrics["baseline_scratch"] = _scratch_baseline(config, run_dir, images)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    for split, m in metrics.items():
-        log.info("%s accuracy: %.4f (loss %.4f, %d images)", split, m["accuracy"], m["loss"], m["num_examples"])
+    _log_metrics(metrics)
 
     final_weights = run_dir / "checkpoints" / FINAL_WEIGHTS
     tmp = final_weights.with_name("final.partial.weights.h5")
@@ -216,8 +226,78 @@ def _run(config: Config, run_dir: Path, resuming: bool) -> RunResult:
     os.replace(tmp, final_weights)
     export_path = _export(config, run_dir, model, images, metrics, image_size, bb.preprocess) \
         if config.export.enabled else None
+    if config.evaluation.report:
+        _write_report(config, run_dir, images, metrics, history, boundary, test_ds or val_ds, predictions,
+                      export_path)
     log.info("Run folder: %s", run_dir)
     return RunResult(run_dir, config, metrics, history, export_path, model, images.class_names)
+
+
+def _evaluate_splits(model, datasets: dict, class_names: list[str], config: Config,
+                     predictions: dict | None = None) -> dict:
+    """Metrics per split from one prediction pass each; keeps (labels, probs) in `predictions`."""
+    from tf_transfer import evaluate
+
+    out = {}
+    for split, ds in datasets.items():
+        if ds is not None:
+            labels, probs = evaluate.predict(model, ds)
+            out[split] = evaluate.metrics(labels, probs, class_names, config.evaluation.top_k)
+            if predictions is not None:
+                predictions[split] = (labels, probs)
+    return out
+
+
+def _log_metrics(metrics: dict) -> None:
+    from tf_transfer import evaluate
+
+    for split in ("val", "test"):
+        if split in metrics:
+            log.info("%s", evaluate.format_table(metrics[split], f"{split} split (final model):"))
+    rows = [(label, metrics.get(key, {}).get("test") if key else metrics.get("test"))
+            for label, key in (("phase 1 (frozen backbone)", "phase1"), ("final (fine-tuned)", None),
+                               ("from scratch, same budget", "baseline_scratch"))]
+    rows = [(label, m) for label, m in rows if m]
+    if len(rows) > 1:
+        log.info("Test accuracy: %s", "; ".join(f"{label} {m['accuracy']:.4f}" for label, m in rows))
+
+
+def _scratch_baseline(config: Config, run_dir: Path, images) -> dict:
+    """Train the same architecture from random initialisation, all layers, same data and epoch budget."""
+    if config.model.backbone.startswith(("hub:", "model:")):
+        log.warning("--baseline scratch needs a Keras Applications backbone (it re-initialises the weights); skipped")
+        return {}
+    budget = config.phase1.epochs + config.phase2.epochs
+    scratch = config.replace(**{
+        "model.weights": "none", "phase1.epochs": 0, "phase2.epochs": budget, "phase2.unfreeze": "all",
+        "phase2.train_bn": True, "phase2.learning_rate": config.phase1.learning_rate,
+        "phase2.patience": max(config.phase1.patience, config.phase2.patience),
+        "export.enabled": False, "evaluation.baseline": "none", "evaluation.report": False})
+    folder = run_dir / "baseline_scratch"
+    folder.mkdir(exist_ok=True)
+    log.info("Baseline: the same model from random initialisation, all layers trained, %d epochs (in %s)",
+             budget, folder)
+    result = _run(scratch, folder, resuming=False, images=images)
+    return {k: v for k, v in result.metrics.items() if k in ("val", "test")}
+
+
+def _write_report(config: Config, run_dir: Path, images, metrics: dict, history: list[dict], boundary: int,
+                  dataset, predictions: dict, export_path) -> None:
+    from tf_transfer import evaluate, report
+
+    split = "test" if "test" in predictions else "val"
+    if split not in predictions:
+        return
+    labels, probs = predictions[split]
+    (run_dir / "metrics.txt").write_text("\n\n".join(evaluate.format_table(metrics[s], f"{s}:")
+                                                     for s in ("val", "test") if s in metrics) + "\n")
+    plot_paths = report.write_plots(run_dir, images.class_names, metrics[split], dataset, labels, probs,
+                                    history=history, boundary=boundary, counts=images.counts())
+    path = report.write_report(
+        run_dir, f"tf_transfer run {config.name}: {run_dir.name}", split, metrics[split], plot_paths,
+        config=config.to_dict(), data_summary={"source": images.source, "counts": images.counts()},
+        skipped=images.skipped, all_metrics=metrics, export_path=str(export_path) if export_path else None)
+    log.info("Report: %s", path)
 
 
 def _export(config: Config, run_dir: Path, model, images, metrics: dict, image_size: int, preprocess: str) -> Path:
