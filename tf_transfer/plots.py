@@ -107,6 +107,32 @@ def class_distribution(counts: dict[str, dict[str, int]]) -> Figure:
     return fig
 
 
+def metric_vs_hyperparameters(values: Sequence[dict], metric: Sequence[float], metric_name: str) -> Figure:
+    """One scatter panel per hyperparameter: the metric of every trial against that value."""
+    keys = list(values[0]) if values else []
+    cols = min(4, max(1, len(keys)))
+    rows = max(1, -(-len(keys) // cols))
+    fig = Figure(figsize=(3.4 * cols, 2.8 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes, keys, strict=False):
+        xs = [v[key] for v in values]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
+            ax.scatter(xs, metric, s=18)
+            if min(xs) > 0 and max(xs) / min(xs) > 50:
+                ax.set_xscale("log")
+        else:  # categorical axis
+            labels = sorted({str(x) for x in xs}, key=lambda s: (len(s), s))
+            ax.scatter([labels.index(str(x)) for x in xs], metric, s=18)
+            ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xlabel(key, fontsize=8)
+        ax.set_ylabel(metric_name, fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{metric_name} of every trial")
+    return fig
+
+
 def save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ class RunResult:
     export_path: Path | None = None
     model: object = field(default=None, repr=False)
     class_names: list[str] = field(default_factory=list)
+    trainable_params: dict[str, int] = field(default_factory=dict)  # per phase
 
 
 def new_run_dir(config: Config) -> Path:
@@ -110,12 +111,13 @@ def _fit_phase(model, phase: int, config: Config, train_ds, val_ds, run_dir: Pat
     return (epochs_run[-1] + 1) if epochs_run else initial_epoch
 
 
-def _log_params(model, phase: str) -> None:
+def _log_params(model, phase: str) -> int:
     from tf_transfer import model as model_lib
 
     trainable = model_lib.count_params(model.trainable_weights)
     total = model_lib.count_params(model.weights)
     log.info("%s: %s trainable of %s parameters", phase, f"{trainable:,}", f"{total:,}")
+    return trainable
 
 
 def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
@@ -130,7 +132,17 @@ def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
         handler.close()
 
 
-def _run(config: Config, run_dir: Path, resuming: bool, images=None) -> RunResult:
+def run_prepared(config: Config, run_dir: Path, images, strategy=None) -> RunResult:
+    """A new run in run_dir on data already prepared (the tuner prepares the split once per search)."""
+    handler = cli.setup_logging(run_dir / "run.log")
+    try:
+        return _run(config, run_dir, resuming=False, images=images, strategy=strategy)
+    finally:
+        logging.getLogger("tf_transfer").removeHandler(handler)
+        handler.close()
+
+
+def _run(config: Config, run_dir: Path, resuming: bool, images=None, strategy=None) -> RunResult:
     from tf_transfer import backbones, data
     from tf_transfer import callbacks as cb
     from tf_transfer import model as model_lib
@@ -162,7 +174,8 @@ def _run(config: Config, run_dir: Path, resuming: bool, images=None) -> RunResul
     test_ds = data.pipeline(images, "test", config.data, image_size, config.seed) if images.splits["test"] else None
     class_weight = images.class_weights() if config.data.class_weights else None
 
-    strategy = _strategy()
+    strategy = strategy or strategy_for(config)
+    trainable: dict[str, int] = {}
     with strategy.scope():
         bb = backbones.build(config.model.backbone, config.model.weights, image_size,
                              config.model.cut_layer, config.model.preprocess)
@@ -183,7 +196,7 @@ def _run(config: Config, run_dir: Path, resuming: bool, images=None) -> RunResul
     else:
         with strategy.scope():
             model_lib.freeze_backbone(model)
-        _log_params(model, "Phase 1 (backbone frozen)")
+        trainable["phase1"] = _log_params(model, "Phase 1 (backbone frozen)")
         if config.phase1.epochs:
             epoch = _fit_phase(model, 1, config, train_ds, val_ds, run_dir, 0, config.phase1.epochs,
                                config.phase1.learning_rate, config.phase1.patience, class_weight)
@@ -203,7 +216,7 @@ def _run(config: Config, run_dir: Path, resuming: bool, images=None) -> RunResul
         log.info("Phase 2: --unfreeze %s unfroze %d backbone layers with weights (from %s up); BatchNorm %s",
                  config.phase2.unfreeze, len(unfrozen), unfrozen[0] if unfrozen else "-",
                  "trains" if config.phase2.train_bn else "stays frozen")
-        _log_params(model, "Phase 2 (fine-tuning)")
+        trainable["phase2"] = _log_params(model, "Phase 2 (fine-tuning)")
         epoch = _fit_phase(model, 2, config, train_ds, val_ds, run_dir, epoch, config.phase2.epochs,
                            config.phase2_learning_rate, config.phase2.patience, class_weight)
 
@@ -230,7 +243,7 @@ def _run(config: Config, run_dir: Path, resuming: bool, images=None) -> RunResul
         _write_report(config, run_dir, images, metrics, history, boundary, test_ds or val_ds, predictions,
                       export_path)
     log.info("Run folder: %s", run_dir)
-    return RunResult(run_dir, config, metrics, history, export_path, model, images.class_names)
+    return RunResult(run_dir, config, metrics, history, export_path, model, images.class_names, trainable)
 
 
 def _evaluate_splits(model, datasets: dict, class_names: list[str], config: Config,
@@ -354,7 +367,8 @@ def export_from_run(config: Config, run_dir: Path) -> Path:
         handler.close()
 
 
-def _strategy():
+def strategy_for(config: Config):
+    """The tf.distribute strategy for a run: today the ambient one (default: one device)."""
     import tensorflow as tf
 
     return tf.distribute.get_strategy()
