@@ -143,7 +143,7 @@ def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
     history = json.loads((run_dir / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == list(range(1, 28))
     assert history["phase_boundary"] == 2
-    assert "SavedModel:" in out.stdout and "test accuracy" in out.stdout
+    assert "SavedModel:" in out.stdout and "test split (final model)" in out.stdout
 
 
 def test_cli_reports_a_data_error_without_traceback(tmp_path):

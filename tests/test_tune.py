@@ -78,7 +78,7 @@ def test_search_space_overrides_and_errors():
     assert space["model.dropout"]["type"] == "float" and space["phase1.epochs"] == {"type": "fixed", "value": 4}
     config = tune.trial_config(config_lib.Config(), space, {"model.dropout": 0.25, "phase2.epochs": 6}, budget=5)
     assert config.model.dropout == 0.25 and config.phase1.epochs + config.phase2.epochs == 5
-    with pytest.raises(tune.TuneError, match="unknown config key 'model.colour'"):
+    with pytest.raises(tune.TuneError, match=r"unknown config key 'model\.colour'"):
         tune.search_space({"model.colour": {"type": "choice", "values": [1]}})
     with pytest.raises(tune.TuneError, match="expected KEY=VALUE"):
         tune.parse_fixed(["dropout"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 from tf_transfer._keras import keras
@@ -77,3 +78,58 @@ def read_history(run_dir: Path) -> list[dict]:
                     continue
                 by_epoch[entry["epoch"]] = entry
     return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving its state; rerun with --resume."""
+
+
+class PreemptionSaver(keras.callbacks.Callback):
+    """On SIGTERM (how schedulers and cloud VMs pre-empt), save a BackupAndRestore checkpoint at the
+    end of the current step and stop with Preempted, so that --resume loses nothing.
+
+    Place it after the BackupAndRestore callback it saves through. With epoch-level backups the
+    partial epoch is recorded as the previous one finished (its steps run again on resume, with the
+    weights they already produced); with step-level backups (--save-every) it resumes at the next step.
+    """
+
+    def __init__(self, backup: keras.callbacks.BackupAndRestore):
+        super().__init__()
+        self.backup = backup
+        self._requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self._requested = True
+
+    def _restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def on_train_begin(self, logs=None):
+        self._requested = False
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals to the caller
+            self._previous = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._requested:
+            return
+        # tf_keras saves the counters held in these variables (its _backup ignores its arguments).
+        state = self.backup._training_state
+        epoch = self.backup._current_epoch
+        if isinstance(self.backup.save_freq, int):
+            state._ckpt_saved_epoch.assign(epoch)
+            state._ckpt_saved_batch.assign(batch)
+            where = f"epoch {epoch + 1}, after step {batch + 1}"
+        else:  # epoch-level restore: record the previous epoch as the last one finished
+            state._ckpt_saved_epoch.assign(epoch - 1)
+            where = f"epoch {epoch + 1} (its steps run again on resume)"
+        self.backup._backup(epoch=epoch, batch=batch)
+        self._restore()
+        raise Preempted(f"SIGTERM: saved the training state in {where}")
+
+    def on_train_end(self, logs=None):
+        self._restore()

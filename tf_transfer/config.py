@@ -117,6 +117,20 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    strategy: str = _opt("auto", "tf.distribute strategy: auto picks TPU, multi-worker (TF_CONFIG), mirrored "
+                         "(several GPUs) or the default, in that order.",
+                         choices=("auto", "default", "mirrored", "multiworker", "tpu"))
+    tpu: str = _opt("", "TPU address (grpc://...), name, or 'local' on a TPU VM; empty: from the environment.")
+    precision: str = _opt("auto", "Compute precision: auto is mixed_bfloat16 on TPU, mixed_float16 on GPUs of "
+                          "compute capability >= 7, float32 otherwise. The classifier output stays float32.",
+                          choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
+    jit_compile: bool = _opt(False, "Compile training steps with XLA.")
+    steps_per_execution: int = _opt(1, "Training steps per tf.function call (raise it on TPUs).")
+    save_every: int = _opt(0, "Also back up the training state every N steps (0: at every epoch end only).")
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = _opt("classifier", "Name of the model: names the export folder and the run folder.")
     seed: int = _opt(42, "Random seed for splits, shuffling, augmentation and initialisation.")
@@ -127,6 +141,7 @@ class Config:
     phase2: FineTuneConfig = field(default_factory=FineTuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -267,6 +282,9 @@ def validate(config: Config) -> Config:
     check(config.phase1.epochs + config.phase2.epochs > 0, "phase1.epochs + phase2.epochs", "at least one epoch",
           0)
     check(config.evaluation.top_k >= 1, "evaluation.top_k", "a positive integer", config.evaluation.top_k)
+    r = config.runtime
+    check(r.steps_per_execution >= 1, "runtime.steps_per_execution", "a positive integer", r.steps_per_execution)
+    check(r.save_every >= 0, "runtime.save_every", "0 or a positive number of steps", r.save_every)
     e = config.export
     check(e.top_k >= 1, "export.top_k", "a positive integer", e.top_k)
     check(e.max_image_pixels >= 1, "export.max_image_pixels", "a positive integer", e.max_image_pixels)

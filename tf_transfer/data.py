@@ -247,6 +247,7 @@ def pipeline(
     seed: int,
     training: bool = False,
     batch_size: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (float32 pixels 0-255 [B, S, S, 3], one-hot labels) for one split.
 
@@ -262,6 +263,8 @@ def pipeline(
         ds = ds.map(lambda b, y: (images.decode_and_resize(b, image_size), y), num_parallel_calls=AUTOTUNE)
     else:  # read and decode in one parallel step
         ds = tf.data.Dataset.from_tensor_slices(([e.key for e in examples], [e.label for e in examples]))
+        if shard:  # by file: each worker decodes only its share of the files
+            ds = ds.shard(*shard)
         ds = ds.map(lambda path, y: (images.decode_and_resize(tf.io.read_file(path), image_size), y),
                     num_parallel_calls=AUTOTUNE)
     if cfg.cache == "memory":
@@ -278,4 +281,8 @@ def pipeline(
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds))
         ds = ds.map(lambda xy, s: (augment(xy[0], s, cfg), xy[1]), num_parallel_calls=AUTOTUNE)
+    if shard and data.kind != "tfds":
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        ds = ds.with_options(options)
     return ds.prefetch(AUTOTUNE)

@@ -80,23 +80,38 @@ def versions() -> dict:
     return out
 
 
+def _save_weights(model, path: Path) -> None:
+    """Save weights so that a kill leaves the previous file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name.replace(".weights.h5", ".partial.weights.h5"))  # same format
+    model.save_weights(str(tmp))
+    os.replace(tmp, path)
+
+
 def _fit_phase(model, phase: int, config: Config, train_ds, val_ds, run_dir: Path, initial_epoch: int,
-               epochs: int, learning_rate: float, patience: int, class_weight) -> int:
+               epochs: int, learning_rate: float, patience: int, class_weight, chief: bool = True) -> int:
     """Compile and fit one phase; returns the number of the last epoch run (1-based, cumulative)."""
     from tf_transfer import callbacks as cb
     from tf_transfer._keras import keras
 
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.model.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
+    with model.distribute_strategy.scope():  # optimizer and metrics live with the model's variables
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.model.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            jit_compile=config.runtime.jit_compile,
+            steps_per_execution=config.runtime.steps_per_execution,
+        )
     monitor = "val_loss" if val_ds is not None else "loss"
     ckpt = run_dir / "checkpoints"
+    save_freq = config.runtime.save_every or "epoch"
+    # Keras' own callbacks write a non-chief worker's files to temporary places; ours skip them.
+    backup = keras.callbacks.BackupAndRestore(str(ckpt / f"backup_phase{phase}"), save_freq=save_freq)
     callbacks = [
-        cb.HistoryRecorder(run_dir, phase),
-        keras.callbacks.BackupAndRestore(str(ckpt / f"backup_phase{phase}")),
-        cb.StateRecorder(run_dir, phase),
+        *([cb.HistoryRecorder(run_dir, phase)] if chief else []),
+        backup,
+        cb.PreemptionSaver(backup),
+        *([cb.StateRecorder(run_dir, phase)] if chief else []),
         keras.callbacks.ModelCheckpoint(str(ckpt / f"best_phase{phase}.weights.h5"), monitor=monitor,
                                         save_best_only=True, save_weights_only=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0),
@@ -122,9 +137,21 @@ def _log_params(model, phase: str) -> int:
 
 def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
     """Train (or resume) a run and export it; returns the run folder, metrics and export path."""
+    from tf_transfer import distribute
+
     resuming = resume_dir is not None
-    run_dir = Path(resume_dir) if resuming else new_run_dir(config)
-    handler = cli.setup_logging(run_dir / "run.log")
+    log_name = "run.log"
+    if not resuming and distribute.choose(config.runtime.strategy, config.runtime.tpu) == "multiworker":
+        # Every worker (and a restarted cluster) must agree on the folder: name it after the cluster.
+        run_dir = Path(config.runs_dir) / config.name / f"cluster-{distribute.cluster_id()}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resuming = (run_dir / "config.json").is_file() and (run_dir / data_manifest_name()).is_file()
+        task = distribute.tf_config().get("task", {})
+        if not distribute.task_is_chief(task, distribute.tf_config().get("cluster", {})):
+            log_name = f"{task.get('type', 'worker')}-{task.get('index', 0)}.log"
+    else:
+        run_dir = Path(resume_dir) if resuming else new_run_dir(config)
+    handler = cli.setup_logging(run_dir / log_name)
     try:
         return _run(config, run_dir, resuming)
     finally:
@@ -142,14 +169,41 @@ def run_prepared(config: Config, run_dir: Path, images, strategy=None) -> RunRes
         handler.close()
 
 
+def data_manifest_name() -> str:
+    from tf_transfer import data
+
+    return data.MANIFEST
+
+
 def _run(config: Config, run_dir: Path, resuming: bool, images=None, strategy=None) -> RunResult:
-    from tf_transfer import backbones, data
+    from tf_transfer import distribute
+    from tf_transfer._keras import keras
+
+    # Multi-worker and TPU strategies configure the runtime: create them before any other TF work.
+    strategy = strategy or distribute.create(config.runtime.strategy, config.runtime.tpu)
+    topo = distribute.topology(strategy)
+    policy = distribute.precision_policy(config.runtime.precision, topo.kind)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        return _train(config, run_dir, resuming, images, strategy, topo, policy)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # no global state leaks into the next run
+
+
+def _train(config: Config, run_dir: Path, resuming: bool, images, strategy, topo, policy: str) -> RunResult:
+    from tf_transfer import backbones, data, distribute
     from tf_transfer import callbacks as cb
     from tf_transfer import model as model_lib
     from tf_transfer._keras import keras
 
     keras.utils.set_random_seed(config.seed)
     image_size = config.data.image_size or backbones.default_image_size(config.model.backbone)
+    chief = topo.is_chief  # only the chief writes the run folder; other workers keep their files aside
+    scratch_dir = run_dir if chief else run_dir / "workers" / f"worker-{topo.worker_index}"
+    distribute.check_tpu_paths(topo.kind, config.runtime.tpu, {
+        "--data": config.data.source.removeprefix("csv:") if not config.data.source.startswith("tfds:") else "",
+        "--backbone": config.model.backbone.split(":", 1)[1] if ":" in config.model.backbone else "",
+        "--weights": config.model.weights if config.model.weights not in ("imagenet", "none") else ""})
 
     if resuming:
         state = cb.read_state(run_dir)
@@ -158,23 +212,35 @@ def _run(config: Config, run_dir: Path, resuming: bool, images=None, strategy=No
         images = data.load_manifest(run_dir)
     else:
         state = {}
-        config.save(run_dir / "config.json")
-        (run_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
-        log.info("Run folder: %s", run_dir)
         images = images or data.prepare(config.data, config.seed)
-        images.write(run_dir)
+        if chief:
+            config.save(run_dir / "config.json")
+            (run_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+            images.write(run_dir)
+        log.info("Run folder: %s", run_dir)
     log.info("Data: %s (%d classes)\n%s", images.source, images.num_classes, images.summary_table())
     if images.skipped:
         shown = sorted(images.skipped.items())[:10]
         log.warning("Skipped %d unreadable file(s) (all listed in %s):\n%s", len(images.skipped),
                      run_dir / data.SKIPPED, "\n".join(f"  {p}: {r}" for p, r in shown))
 
-    train_ds = data.pipeline(images, "train", config.data, image_size, config.seed, training=True)
-    val_ds = data.pipeline(images, "val", config.data, image_size, config.seed) if images.splits["val"] else None
-    test_ds = data.pipeline(images, "test", config.data, image_size, config.seed) if images.splits["test"] else None
+    global_batch = config.data.batch_size * topo.replicas
+    shard = (topo.workers, topo.worker_index) if topo.workers > 1 else None
+    log.info("Strategy: %s, %d replica(s) on %d worker(s); global batch %d (%d per replica); precision %s%s",
+             topo.kind, topo.replicas, topo.workers, global_batch, config.data.batch_size, policy,
+             "; XLA" if config.runtime.jit_compile else "")
+    if shard:
+        how = (f"by data (every worker reads all TFDS records and keeps 1/{topo.workers})" if images.kind == "tfds"
+               else f"by file (each of the {topo.workers} workers reads 1/{topo.workers} of the image files)")
+        log.info("Input sharding: %s", how)
+    train_ds = data.pipeline(images, "train", config.data, image_size, config.seed, training=True,
+                             batch_size=global_batch, shard=shard)
+    val_ds = data.pipeline(images, "val", config.data, image_size, config.seed, batch_size=global_batch) \
+        if images.splits["val"] else None
+    test_ds = data.pipeline(images, "test", config.data, image_size, config.seed, batch_size=global_batch) \
+        if images.splits["test"] else None
     class_weight = images.class_weights() if config.data.class_weights else None
 
-    strategy = strategy or strategy_for(config)
     trainable: dict[str, int] = {}
     with strategy.scope():
         bb = backbones.build(config.model.backbone, config.model.weights, image_size,
@@ -199,16 +265,15 @@ def _run(config: Config, run_dir: Path, resuming: bool, images=None, strategy=No
         trainable["phase1"] = _log_params(model, "Phase 1 (backbone frozen)")
         if config.phase1.epochs:
             epoch = _fit_phase(model, 1, config, train_ds, val_ds, run_dir, 0, config.phase1.epochs,
-                               config.phase1.learning_rate, config.phase1.patience, class_weight)
-        phase1_weights.parent.mkdir(parents=True, exist_ok=True)
-        tmp = phase1_weights.with_name("phase1_final.partial.weights.h5")  # same format, atomic rename
-        model.save_weights(str(tmp))
-        os.replace(tmp, phase1_weights)
+                               config.phase1.learning_rate, config.phase1.patience, class_weight, chief)
+        _save_weights(model, phase1_weights if chief else scratch_dir / PHASE1_WEIGHTS)
         if config.phase1.epochs and config.phase2.epochs:  # phase 1 alone, to show what fine-tuning adds
             phase1_metrics = _evaluate_splits(model, {"val": val_ds, "test": test_ds}, images.class_names, config)
-            cb.write_json_atomic(run_dir / PHASE1_METRICS, phase1_metrics)
+            if chief:
+                cb.write_json_atomic(run_dir / PHASE1_METRICS, phase1_metrics)
         state = {**cb.read_state(run_dir), "phase1_done": True, "phase1_epochs": epoch}
-        cb.write_json_atomic(run_dir / cb.STATE, state)
+        if chief:
+            cb.write_json_atomic(run_dir / cb.STATE, state)
 
     if config.phase2.epochs:
         with strategy.scope():
@@ -218,10 +283,17 @@ def _run(config: Config, run_dir: Path, resuming: bool, images=None, strategy=No
                  "trains" if config.phase2.train_bn else "stays frozen")
         trainable["phase2"] = _log_params(model, "Phase 2 (fine-tuning)")
         epoch = _fit_phase(model, 2, config, train_ds, val_ds, run_dir, epoch, config.phase2.epochs,
-                           config.phase2_learning_rate, config.phase2.patience, class_weight)
+                           config.phase2_learning_rate, config.phase2.patience, class_weight, chief)
 
+    final_weights = run_dir / "checkpoints" / FINAL_WEIGHTS
+    _save_weights(model, final_weights if chief else scratch_dir / FINAL_WEIGHTS)
     history = cb.read_history(run_dir)
     boundary = state.get("phase1_epochs", 0)
+    if not chief:  # a worker's job ends with training; the chief evaluates, exports and reports
+        log.info("Worker %d finished training; the chief writes metrics and the export", topo.worker_index)
+        return RunResult(scratch_dir, config, {}, history, None, model, images.class_names, trainable)
+    if topo.workers > 1:  # evaluate and export a plain copy: the cluster's variables need every worker
+        model = _rebuild(config, images.num_classes, image_size, final_weights)
     (run_dir / "history.json").write_text(json.dumps({"phase_boundary": boundary, "epochs": history}, indent=2) + "\n")
 
     predictions: dict = {}
@@ -233,10 +305,6 @@ def _run(config: Config, run_dir: Path, resuming: bool, images=None, strategy=No
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _log_metrics(metrics)
 
-    final_weights = run_dir / "checkpoints" / FINAL_WEIGHTS
-    tmp = final_weights.with_name("final.partial.weights.h5")
-    model.save_weights(str(tmp))
-    os.replace(tmp, final_weights)
     export_path = _export(config, run_dir, model, images, metrics, image_size, bb.preprocess) \
         if config.export.enabled else None
     if config.evaluation.report:
@@ -341,12 +409,23 @@ def _export(config: Config, run_dir: Path, model, images, metrics: dict, image_s
     return path
 
 
+def _rebuild(config: Config, num_classes: int, image_size: int, weights: Path):
+    """The classifier of `config`, outside any distribution strategy, with the given weights."""
+    from tf_transfer import backbones
+    from tf_transfer import model as model_lib
+
+    # The weights file replaces whatever the backbone starts with, so skip any download.
+    bb = backbones.build(config.model.backbone, "none", image_size, config.model.cut_layer, config.model.preprocess)
+    model = model_lib.build_classifier(bb, num_classes, config.model, train_bn=config.phase2.train_bn)
+    model.load_weights(str(weights))
+    return model
+
+
 def export_from_run(config: Config, run_dir: Path) -> Path:
     """Rebuild a finished run's model from its final weights and export it as a new version."""
     import json as json_lib
 
     from tf_transfer import backbones, data
-    from tf_transfer import model as model_lib
 
     handler = cli.setup_logging(run_dir / "run.log")
     try:
@@ -355,23 +434,19 @@ def export_from_run(config: Config, run_dir: Path) -> Path:
             raise config_lib.ConfigError(f"{run_dir} has no {weights.name}; expected a finished run folder")
         images = data.load_manifest(run_dir)
         image_size = config.data.image_size or backbones.default_image_size(config.model.backbone)
-        # The final weights replace whatever the backbone starts with, so skip any download.
-        bb = backbones.build(config.model.backbone, "none", image_size, config.model.cut_layer,
-                             config.model.preprocess)
-        model = model_lib.build_classifier(bb, images.num_classes, config.model, train_bn=config.phase2.train_bn)
-        model.load_weights(str(weights))
+        model = _rebuild(config, images.num_classes, image_size, weights)
         metrics = json_lib.loads((run_dir / "metrics.json").read_text())
-        return _export(config, run_dir, model, images, metrics, image_size, bb.preprocess)
+        return _export(config, run_dir, model, images, metrics, image_size, model.get_layer("preprocess").mode)
     finally:
         logging.getLogger("tf_transfer").removeHandler(handler)
         handler.close()
 
 
 def strategy_for(config: Config):
-    """The tf.distribute strategy for a run: today the ambient one (default: one device)."""
-    import tensorflow as tf
+    """The tf.distribute strategy a run of this config uses (see tf_transfer.distribute)."""
+    from tf_transfer import distribute
 
-    return tf.distribute.get_strategy()
+    return distribute.create(config.runtime.strategy, config.runtime.tpu)
 
 
 def _sample_bytes(images, split: str, count: int = 8) -> list[bytes]:
@@ -424,14 +499,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             cli.fail(f"--resume {args.resume}: {resume_dir} is not a run folder (no config.json)")
         config = config_lib.load(resume_dir / "config.json")
     from tf_transfer.backbones import BackboneError
+    from tf_transfer.callbacks import Preempted
     from tf_transfer.data import DataError
+    from tf_transfer.distribute import DistributeError
     from tf_transfer.export import ExportError
 
     try:
         run(config, resume_dir)
-    except (DataError, BackboneError, ExportError, config_lib.ConfigError) as e:
+    except (DataError, BackboneError, ExportError, DistributeError, config_lib.ConfigError) as e:
         log.error("error: %s", e)
         return 2
+    except Preempted as e:
+        log.warning("Pre-empted. %s; continue with: python -m tf_transfer.train --resume --name %s --runs-dir %s",
+                    e, config.name, config.runs_dir)
+        return 143  # 128 + SIGTERM, as if the signal had ended the process
     return 0
 
 

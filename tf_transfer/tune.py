@@ -229,12 +229,13 @@ def tune(base: Config, space: dict[str, dict], algorithm: str = "random", max_tr
     (directory / "search_space.json").write_text(json.dumps(space, indent=2) + "\n")
     base.save(directory / "base_config.json")
     user_base, base = base, base.replace(**TRIAL_OVERRIDES)  # trials only train and evaluate
+    strategy = train.strategy_for(base)  # before other TF work: some strategies configure the runtime
     images = data.prepare(base.data, base.seed)
     images.write(directory)
     log.info("Data: %s (%d classes)\n%s", images.source, images.num_classes, images.summary_table())
     max_epochs = max_epochs or max(1, _axis_max(space.get("phase1.epochs"), base.phase1.epochs)
                                    + _axis_max(space.get("phase2.epochs"), base.phase2.epochs))
-    tuner = make_tuner(base, space, algorithm, max_trials, directory, max_epochs, images, train.strategy_for(base))
+    tuner = make_tuner(base, space, algorithm, max_trials, directory, max_epochs, images, strategy)
     tuner.search()
     results = write_results(directory, space, user_base)
     log.info("Trials (best first):\n%s", results["table"])
