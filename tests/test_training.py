@@ -144,6 +144,16 @@ def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
     assert [e["epoch"] for e in history["epochs"]] == list(range(1, 28))
     assert history["phase_boundary"] == 2
     assert "SavedModel:" in out.stdout and "test split (final model)" in out.stdout
+    # The same run, never interrupted, ends in the same place (within CPU nondeterminism and the
+    # reshuffled order of the epochs after the restart).
+    whole = subprocess.run([*args[:6], "uninterrupted", *args[7:]], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stdout[-2000:]
+    (whole_dir,) = (tmp_path / "runs" / "uninterrupted").iterdir()
+    resumed_m = json.loads((run_dir / "metrics.json").read_text())
+    whole_m = json.loads((whole_dir / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert resumed_m[split]["accuracy"] == pytest.approx(whole_m[split]["accuracy"], abs=0.12), split
 
 
 def test_cli_reports_a_data_error_without_traceback(tmp_path):

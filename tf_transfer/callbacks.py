@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 from tf_transfer._keras import keras
@@ -34,9 +35,14 @@ class HistoryRecorder(keras.callbacks.Callback):
         super().__init__()
         self.path = Path(run_dir) / HISTORY_LOG
         self.phase = phase
+        self._start = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        entry = {"epoch": epoch + 1, "phase": self.phase, **{k: _plain(v) for k, v in (logs or {}).items()}}
+        entry = {"epoch": epoch + 1, "phase": self.phase, **{k: _plain(v) for k, v in (logs or {}).items()},
+                 "seconds": round(time.monotonic() - self._start, 3)}
         lr = getattr(self.model.optimizer, "learning_rate", None)
         if lr is not None:
             entry["learning_rate"] = _plain(keras.backend.get_value(lr))
