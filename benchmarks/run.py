@@ -35,7 +35,7 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU" if not tf.config.list_physical_devices(
         "GPU") else f"{platform.machine()}, {os.cpu_count()} cores, GPU"
     scan_cost = pipe["images_per_s"]["ours"] / pipe["images_per_s"]["scan"]
-    es = dist["epoch_seconds"]
+    es, mo, mw = dist["epoch_seconds"], dist["mirrored_overhead"], dist["multiworker_overhead"]
     b32 = srv["batch32_images_per_s"]
     if transfer:
         accuracy = f"""## Transfer on real photos (issues 2 and 4)
@@ -133,10 +133,10 @@ time after the first epoch.
 | set-up | seconds per epoch | ratio to one process |
 | --- | ---: | ---: |
 | one process, default strategy | {es['single']:.2f} | 1.00 |
-| MirroredStrategy, 2 logical CPU devices (8 per replica) | {es['mirrored_2cpu']:.2f} | {dist['mirrored_overhead']:.2f} |
-| MultiWorkerMirroredStrategy, 2 processes on loopback | {es['multiworker_2proc']:.2f} | {dist['multiworker_overhead']:.2f} |
+| MirroredStrategy, 2 logical CPU devices (8 per replica) | {es['mirrored_2cpu']:.2f} | {mo:.2f} |
+| MultiWorkerMirroredStrategy, 2 processes on loopback | {es['multiworker_2proc']:.2f} | {mw:.2f} |
 
-- **Overhead on this machine: {dist['mirrored_overhead']:.2f}x (mirrored) and {dist['multiworker_overhead']:.2f}x
+- **Overhead on this machine: {mo:.2f}x (mirrored) and {mw:.2f}x
   (two workers).** Both set-ups split the same 2 cores that one process already uses fully, and add
   an all-reduce of every gradient per step; there is no extra compute to gain, so this is pure cost.
   On real hardware each replica brings its own GPU (or machine): the same all-reduce then buys a
