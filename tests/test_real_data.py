@@ -20,6 +20,7 @@ def _manifest(tmp_path):
     return path
 
 
+@pytest.mark.slow
 @needs_shared
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="../shared/weights not present")
 def test_imagenet_weights_beat_random_init_on_real_photos(tmp_path):

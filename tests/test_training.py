@@ -107,11 +107,12 @@ def _history_lines(run_dir):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.slow
 def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
     args = [sys.executable, "-m", "tf_transfer.train", "--data", str(shapes_dir), "--name", "killme",
             "--runs-dir", str(tmp_path / "runs"), "--export-dir", str(tmp_path / "saved_models"),
             "--image-size", "32", "--phase1-epochs", "2", "--phase2-epochs", "25", "--phase1-patience", "0",
-            "--phase2-patience", "0", "--no-verify-export", "--batch-size", "16"]
+            "--phase2-patience", "0", "--no-verify-export", "--batch-size", "16", "--no-augment"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 240
@@ -152,8 +153,10 @@ def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
     (whole_dir,) = (tmp_path / "runs" / "uninterrupted").iterdir()
     resumed_m = json.loads((run_dir / "metrics.json").read_text())
     whole_m = json.loads((whole_dir / "metrics.json").read_text())
-    for split in ("val", "test"):
-        assert resumed_m[split]["accuracy"] == pytest.approx(whole_m[split]["accuracy"], abs=0.12), split
+    def correct(m):  # over val and test together (30 images), to keep one image from deciding
+        return sum(c["correct"] for split in ("val", "test") for c in m[split]["per_class"].values())
+
+    assert abs(correct(resumed_m) - correct(whole_m)) <= 3, (correct(resumed_m), correct(whole_m))
 
 
 def test_cli_reports_a_data_error_without_traceback(tmp_path):

@@ -46,6 +46,7 @@ def test_search_runs_both_phases_and_the_best_config_reproduces(shapes_dir, tmp_
     assert reproduced.metrics["val"]["accuracy"] == pytest.approx(rows[0]["val_accuracy"], abs=0.04)
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes_without_repeating_trials(shapes_dir, tmp_path):
     directory = tmp_path / "tuning"
     cmd = _tune_cmd(shapes_dir, tmp_path, 3, directory)
