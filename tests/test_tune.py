@@ -85,3 +85,16 @@ def test_search_space_overrides_and_errors():
         tune.parse_fixed(["dropout"])
     with pytest.raises(tune.TuneError, match="not valid"):
         tune.hyperparameters({"model.dropout": {"type": "float", "min": 0.5}})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["bayesian", "hyperband"])
+def test_bayesian_and_hyperband_searches_finish(shapes_dir, tmp_path, algorithm):
+    base = config_lib.Config().replace(**{"data.source": str(shapes_dir), "data.image_size": 48,
+                                          "runs_dir": str(tmp_path / "runs")})
+    space = tune.search_space(fixed={"phase1.epochs": 1, "phase2.epochs": 1, "phase2.unfreeze": "10"})
+    results = tune.tune(base, space, algorithm, max_trials=2, directory=tmp_path / algorithm, max_epochs=2)
+    rows = tune.summaries(tmp_path / algorithm)
+    assert len(rows) >= 2 and results["best"]["val_accuracy"] == rows[0]["val_accuracy"]
+    if algorithm == "hyperband":  # budgets of 1 and 2 epochs, counted across both phases
+        assert {r["config"]["phase1"]["epochs"] + r["config"]["phase2"]["epochs"] for r in rows} <= {1, 2}
