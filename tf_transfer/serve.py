@@ -237,6 +237,14 @@ def make_handler(registry: Registry, max_body_bytes: int):
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > max_body_bytes:
                     self.close_connection = True
+                    # Read (and drop) a moderately oversized body so the client is not cut off mid-send
+                    # and gets the 413; beyond 8x the limit, just close.
+                    remaining = length if length <= 8 * max_body_bytes else 0
+                    while remaining > 0:
+                        chunk = self.rfile.read(min(1 << 16, remaining))
+                        if not chunk:
+                            break
+                        remaining -= len(chunk)
                     raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                        f"request body of {length} bytes exceeds the limit of {max_body_bytes}")
                 raw = self.rfile.read(length)
