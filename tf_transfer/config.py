@@ -83,6 +83,17 @@ class PhaseConfig:
 
 
 @dataclass(frozen=True)
+class FrozenPhaseConfig(PhaseConfig):
+    feature_cache: str = _opt(
+        "auto",
+        "Train phase 1's head on backbone features computed once and cached on disk: 'auto' (when phase 1 "
+        "has more epochs than --feature-views), 'on' or 'off', or a folder for the cache (default: "
+        "<TF_TRANSFER_CACHE or ~/.cache/tf_transfer>/features).", flag="feature-cache")
+    feature_views: int = _opt(3, "With augmentation and the feature cache: augmented views cached per training "
+                              "image; each epoch shows every image as one of them.", flag="feature-views")
+
+
+@dataclass(frozen=True)
 class FineTuneConfig(PhaseConfig):
     learning_rate: float = _opt(0.0, "Learning rate (Adam); 0 uses a tenth of phase 1's.")
     unfreeze: str = _opt(
@@ -137,7 +148,7 @@ class Config:
     runs_dir: str = _opt("runs", "Root folder for run folders (<runs_dir>/<name>/<timestamp>/).")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    phase1: PhaseConfig = field(default_factory=PhaseConfig)
+    phase1: FrozenPhaseConfig = field(default_factory=FrozenPhaseConfig)
     phase2: FineTuneConfig = field(default_factory=FineTuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
@@ -281,6 +292,9 @@ def validate(config: Config) -> Config:
           config.phase2.learning_rate)
     check(config.phase1.epochs + config.phase2.epochs > 0, "phase1.epochs + phase2.epochs", "at least one epoch",
           0)
+    check(config.phase1.feature_views >= 1, "phase1.feature_views", "a positive integer", config.phase1.feature_views)
+    check(bool(config.phase1.feature_cache.strip()), "phase1.feature_cache", "auto, on, off or a folder",
+          config.phase1.feature_cache)
     check(config.evaluation.top_k >= 1, "evaluation.top_k", "a positive integer", config.evaluation.top_k)
     r = config.runtime
     check(r.steps_per_execution >= 1, "runtime.steps_per_execution", "a positive integer", r.steps_per_execution)

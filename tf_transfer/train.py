@@ -190,8 +190,24 @@ def _run(config: Config, run_dir: Path, resuming: bool, images=None, strategy=No
         keras.mixed_precision.set_global_policy("float32")  # no global state leaks into the next run
 
 
+def _on_features(model, config: Config, images, image_size: int, root: Path, batch_size: int, strategy):
+    """Phase 1 on cached backbone features: the head (shared with `model`) and its train/val datasets."""
+    from tf_transfer import features
+
+    views = features.effective_views(config)
+    train = features.ensure(model, config, images, "train", image_size, root, views, batch_size)
+    val = features.ensure(model, config, images, "val", image_size, root, 1, batch_size) \
+        if images.splits["val"] else None
+    with strategy.scope():
+        head = features.head_model(model)
+    log.info("Phase 1 trains the head on cached features (%d train vectors x %d view(s))", train.count, train.views)
+    n = images.num_classes
+    return (head, features.dataset(train, n, config.seed, config.data.shuffle_buffer, batch_size),
+            features.dataset(val, n, config.seed, batch_size=batch_size) if val else None)
+
+
 def _train(config: Config, run_dir: Path, resuming: bool, images, strategy, topo, policy: str) -> RunResult:
-    from tf_transfer import backbones, data, distribute
+    from tf_transfer import backbones, data, distribute, features
     from tf_transfer import callbacks as cb
     from tf_transfer import model as model_lib
     from tf_transfer._keras import keras
@@ -264,7 +280,12 @@ def _train(config: Config, run_dir: Path, resuming: bool, images, strategy, topo
             model_lib.freeze_backbone(model)
         trainable["phase1"] = _log_params(model, "Phase 1 (backbone frozen)")
         if config.phase1.epochs:
-            epoch = _fit_phase(model, 1, config, train_ds, val_ds, run_dir, 0, config.phase1.epochs,
+            fit_model, fit_train, fit_val = model, train_ds, val_ds
+            root = features.plan(config, topo.workers, topo.kind)
+            if root is not None:
+                fit_model, fit_train, fit_val = _on_features(model, config, images, image_size, root, global_batch,
+                                                             strategy)
+            epoch = _fit_phase(fit_model, 1, config, fit_train, fit_val, run_dir, 0, config.phase1.epochs,
                                config.phase1.learning_rate, config.phase1.patience, class_weight, chief)
         _save_weights(model, phase1_weights if chief else scratch_dir / PHASE1_WEIGHTS)
         if config.phase1.epochs and config.phase2.epochs:  # phase 1 alone, to show what fine-tuning adds
