@@ -45,8 +45,8 @@ def test_head_on_cached_features_matches_live_training_and_export(shapes_dir, tm
         results[mode] = train.run(config)
     live, cached = results.values()
     assert list((tmp_path / "features").iterdir()), "the cached run wrote no feature cache"
-    assert not (tmp_path / "live" / "cache").exists()
-    for a, b in zip(live.model.get_layer("head").get_weights(), cached.model.get_layer("head").get_weights()):
+    heads = [r.model.get_layer("head").get_weights() for r in (live, cached)]
+    for a, b in zip(*heads, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert [round(h["loss"], 4) for h in live.history] == [round(h["loss"], 4) for h in cached.history]
 
@@ -148,6 +148,6 @@ def test_plan_turns_the_cache_on_only_where_it_saves_work(tmp_path):
 def test_feature_views_must_be_positive(tmp_path):
     from tf_transfer import config as config_lib
 
-    with pytest.raises(config_lib.ConfigError, match="phase1.feature_views"):
+    with pytest.raises(config_lib.ConfigError, match=r"phase1\.feature_views"):
         make_config(tmp_path, "demo", **{"phase1.feature_views": 0})
 

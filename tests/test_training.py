@@ -74,6 +74,31 @@ def test_trainable_counts_per_phase():
         model_lib.unfreeze_top(m, "block_99")
 
 
+def _layers_with_gradient_ops(model) -> set[str]:
+    """Backbone layers that have ops in the backward pass of the model's compiled training step."""
+    import tensorflow as tf
+
+    model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
+    ds = tf.data.Dataset.from_tensors((np.zeros((2, SIZE, SIZE, 3), np.float32), np.eye(3, dtype=np.float32)[:2]))
+    graph = model.make_train_function().get_concrete_function(iter(ds)).graph
+    return {op.name.split("/backbone/")[1].split("/")[0] for op in graph.get_operations()
+            if op.name.startswith("gradient_tape/") and "/backbone/" in op.name}
+
+
+def test_backward_pass_stops_at_the_lowest_unfrozen_layer():
+    model = _classifier()
+    layers = [la.name for la in model_lib.backbone_of(model).layers]
+    model_lib.freeze_backbone(model)
+    assert _layers_with_gradient_ops(model) == set(), "phase 1: no gradient work inside the frozen backbone"
+    unfrozen = model_lib.unfreeze_top(model, "20")
+    lowest = layers.index(unfrozen[0])
+    with_grads = _layers_with_gradient_ops(model)
+    assert unfrozen[0] in with_grads
+    assert with_grads <= set(layers[lowest:]), f"gradient ops below {unfrozen[0]}: {with_grads - set(layers[lowest:])}"
+    model_lib.unfreeze_top(model, "all")
+    assert "Conv1" in _layers_with_gradient_ops(model)
+
+
 def test_model_layers_are_named_and_output_probabilities():
     m = _classifier()
     assert [la.name for la in m.layers] == ["image", "preprocess", "backbone", "pooler", "head"]

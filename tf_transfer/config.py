@@ -40,7 +40,8 @@ class DataConfig:
     batch_size: int = _opt(32, "Images per training step.")
     val_fraction: float = _opt(0.15, "Share of each class held out for validation (when the source has no val split).")
     test_fraction: float = _opt(0.15, "Share of each class held out for testing (when the source has no test split).")
-    cache: str = _opt("memory", "Cache decoded, resized images: 'memory', 'none', or a folder for an on-disk cache.")
+    cache: str = _opt("auto", "Cache decoded, resized images: 'memory', 'none', a folder for an on-disk cache, or "
+                      "'auto' (memory when they fit in half the available memory, else on disk).")
     shuffle_buffer: int = _opt(2048, "Shuffle buffer size for the training split (images).")
     augment: bool = _opt(True, "Augment the training split (flip, rotation, zoom, translation, contrast).")
     flip: str = _opt("horizontal", "Random flips.",

@@ -6,7 +6,9 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import random
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +241,36 @@ def cache_key(examples: list[Example], image_size: int) -> str:
     return h.hexdigest()[:16]
 
 
+def _available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux /proc/meminfo; else physical memory)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def cache_place(cache: str, data: ImageData, image_size: int) -> str:
+    """Where decoded images are cached: 'memory', 'none' or a folder; 'auto' picks memory when all splits
+    fit in half the available memory, else a folder under the tf_transfer cache when the disk has room."""
+    if cache != "auto":
+        return cache
+    from tf_transfer import demo
+
+    needed = sum(len(v) for v in data.splits.values()) * image_size * image_size * 3
+    if needed <= _available_memory() // 2:
+        return "memory"
+    folder = demo.cache_home() / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(folder).free > needed * 1.2:
+        log.info("Decoded images (%.1f GB) do not fit in memory; caching them in %s", needed / 1e9, folder)
+        return str(folder)
+    log.warning("Decoded images (%.1f GB) fit neither in memory nor on disk; decoding every epoch", needed / 1e9)
+    return "none"
+
+
 def pipeline(
     data: ImageData,
     split: str,
@@ -267,12 +299,14 @@ def pipeline(
             ds = ds.shard(*shard)
         ds = ds.map(lambda path, y: (images.decode_and_resize(tf.io.read_file(path), image_size), y),
                     num_parallel_calls=AUTOTUNE)
-    if cfg.cache == "memory":
+    where = cache_place(cfg.cache, data, image_size)
+    if where == "memory":
         ds = ds.cache()
-    elif cfg.cache != "none":
-        folder = Path(cfg.cache).expanduser()
+    elif where != "none":
+        folder = Path(where).expanduser()
         folder.mkdir(parents=True, exist_ok=True)
-        ds = ds.cache(str(folder / f"{split}-{cache_key(examples, image_size)}"))
+        key = cache_key(examples, image_size) + (f"-shard{shard[1]}of{shard[0]}" if shard else "")
+        ds = ds.cache(str(folder / f"{split}-{key}"))
     if training:
         ds = ds.shuffle(min(cfg.shuffle_buffer, len(examples)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size or cfg.batch_size)

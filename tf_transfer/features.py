@@ -94,6 +94,13 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, head(inputs), name="head_on_features")
 
 
+def extractor(model: keras.Model, image_size: int):
+    """A traced function: image batch -> head-input features (one trace serves every split and batch size)."""
+    features_of = feature_model(model)
+    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
+    return tf.function(lambda x: features_of(x, training=False), input_signature=[spec])
+
+
 def _file_digest(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -110,7 +117,7 @@ def examples_digest(images: data_lib.ImageData, split: str) -> str:
     if images.kind != "tfds":  # TFDS records are immutable for a given name and version
         with ThreadPoolExecutor(8) as pool:
             contents = list(pool.map(_file_digest, [e.key for e in examples]))
-    for e, digest in zip(examples, contents):
+    for e, digest in zip(examples, contents, strict=True):
         h.update(f"{e.key}\t{e.label}\t{digest}\n".encode())
     return h.hexdigest()
 
@@ -202,22 +209,20 @@ def _serialize(features: np.ndarray, labels: np.ndarray) -> bytes:
     return example.SerializeToString()
 
 
-def build(folder: Path, material: dict, model: keras.Model, config: Config, images: data_lib.ImageData,
+def build(folder: Path, material: dict, extract, config: Config, images: data_lib.ImageData,
           split: str, image_size: int, views: int, batch_size: int) -> FeatureSet:
     """Compute and write one cache entry; the folder appears only when complete."""
     count = len(images.splits[split])
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    extractor = feature_model(model)
     ds = _extraction_input(config, images, split, image_size, views, batch_size)
-    log.info("Feature cache: computing %s features of %d %s images%s into %s", extractor.output_shape[-1],
-             count, split, f" x {views} augmented views" if views > 1 else "", folder)
+    log.info("Feature cache: computing the features of %d %s images%s into %s", count, split, f" x {views} augmented views" if views > 1 else "", folder)
     start = last = time.monotonic()
     done, dim = 0, 0
     with tf.io.TFRecordWriter(str(partial / RECORDS)) as writer:
         for x, y in ds:
-            f = np.asarray(extractor.predict_on_batch(x), np.float32)
+            f = tf.cast(extract(x), tf.float32).numpy()
             n = int(y.shape[0])
             dim = f.shape[-1]
             f = f.reshape(views, n, dim).transpose(1, 0, 2)  # [B, V, D]: an example's views stay together
@@ -240,8 +245,9 @@ def build(folder: Path, material: dict, model: keras.Model, config: Config, imag
 
 
 def ensure(model: keras.Model, config: Config, images: data_lib.ImageData, split: str, image_size: int,
-           root: Path, views: int, batch_size: int) -> FeatureSet:
-    """The features of a split: reused from `root` when an intact entry matches, else computed now."""
+           root: Path, views: int, batch_size: int, extract=None) -> FeatureSet:
+    """The features of a split: reused from `root` when an intact entry matches, else computed now
+    (with `extract`, from `extractor`, when given)."""
     material = key_material(config, model, images, split, image_size, views)
     folder = root / key_of(material)
     found = load(folder, material)
@@ -249,7 +255,9 @@ def ensure(model: keras.Model, config: Config, images: data_lib.ImageData, split
         log.info("Feature cache: reusing %d %s feature vectors x %d view(s) from %s", found.count, split,
                  found.views, folder)
         return found
-    return build(folder, material, model, config, images, split, image_size, views, batch_size)
+    extract = extract or extractor(model, image_size)
+    # Inference needs no gradients or optimizer state: larger batches keep the cores busier.
+    return build(folder, material, extract, config, images, split, image_size, views, max(batch_size, 64 // views))
 
 
 def dataset(features: FeatureSet, num_classes: int, seed: int, shuffle_buffer: int = 0,

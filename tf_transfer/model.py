@@ -41,11 +41,32 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="tf_transfer")
+class Classifier(keras.Model):
+    """The functional classifier, with a training step whose backward pass stops at the lowest
+    trainable layer.
+
+    A GradientTape watches every variable created trainable, and Keras' `trainable = False` does not
+    change that: the default step records the frozen layers too and leaves it to graph pruning to
+    drop their gradients. Watching only the trainable variables keeps frozen layers off the tape, so
+    no gradient op below the fine-tuned layers is ever built, in graph or eager mode.
+    """
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(self.trainable_variables)
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x, y, y_pred, sample_weight)
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+
 def custom_objects() -> dict:
     """Objects needed to load a tf_transfer Keras model with keras.models.load_model."""
     import tensorflow_hub as hub
 
-    return {"Preprocess": Preprocess, "KerasLayer": hub.KerasLayer}
+    return {"Preprocess": Preprocess, "Classifier": Classifier, "KerasLayer": hub.KerasLayer}
 
 
 def build_head(num_classes: int, features: int, cfg: ModelConfig) -> keras.Sequential:
@@ -77,7 +98,7 @@ def build_classifier(backbone: Backbone, num_classes: int, cfg: ModelConfig, tra
         raise BackboneError(f"backbone output has shape {features.shape}; expected a feature map [B, H, W, C] or "
                             "a feature vector [B, D]")
     outputs = build_head(num_classes, int(features.shape[-1]), cfg)(features)
-    return keras.Model(inputs, outputs, name="classifier")
+    return Classifier(inputs, outputs, name="classifier")
 
 
 def backbone_of(model: keras.Model) -> keras.layers.Layer:

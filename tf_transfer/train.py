@@ -195,8 +195,9 @@ def _on_features(model, config: Config, images, image_size: int, root: Path, bat
     from tf_transfer import features
 
     views = features.effective_views(config)
-    train = features.ensure(model, config, images, "train", image_size, root, views, batch_size)
-    val = features.ensure(model, config, images, "val", image_size, root, 1, batch_size) \
+    extract = features.extractor(model, image_size)
+    train = features.ensure(model, config, images, "train", image_size, root, views, batch_size, extract)
+    val = features.ensure(model, config, images, "val", image_size, root, 1, batch_size, extract) \
         if images.splits["val"] else None
     with strategy.scope():
         head = features.head_model(model)
