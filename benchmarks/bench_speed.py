@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import interleaved, write_photo_like_jpegs
-from tf_transfer import backbones, data, features, images, train
+from tf_transfer import backbones, data, images, train
 from tf_transfer import config as config_lib
 from tf_transfer import model as model_lib
 from tf_transfer._keras import keras

@@ -39,7 +39,8 @@ def test_notebook_is_committed_clean_with_badge_install_and_colab_defaults(path)
     params = "".join(_parameters_cell(path)["source"])
     assert "tfds:" in params, f"{path.name}: the data default should be the Colab TFDS path"
     # Library code lives in the package: cells call its API and define no functions or classes.
-    assert not any(line.lstrip().startswith(("def ", "class ")) for c in code for line in "".join(c["source"]).splitlines())
+    lines = [line.lstrip() for c in code for line in "".join(c["source"]).splitlines()]
+    assert not any(line.startswith(("def ", "class ")) for line in lines)
 
 
 def _execute(path: Path, tmp_path: Path, params: dict) -> None:

@@ -217,7 +217,8 @@ def build(folder: Path, material: dict, extract, config: Config, images: data_li
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     ds = _extraction_input(config, images, split, image_size, views, batch_size)
-    log.info("Feature cache: computing the features of %d %s images%s into %s", count, split, f" x {views} augmented views" if views > 1 else "", folder)
+    log.info("Feature cache: computing the features of %d %s images%s into %s", count, split,
+             f" x {views} augmented views" if views > 1 else "", folder)
     start = last = time.monotonic()
     done, dim = 0, 0
     with tf.io.TFRecordWriter(str(partial / RECORDS)) as writer:
