@@ -45,19 +45,19 @@ def _phase1(workdir: Path, epochs: int, augment: bool, views: int, per_class: in
         model.set_weights(start_weights)
         tr = data.pipeline(images_, "train", config.data, SIZE, config.seed, training=True)
         va = data.pipeline(images_, "val", config.data, SIZE, config.seed)
-        train._fit_phase(model, 1, config, tr, va, run_dir(), 0, epochs, 1e-3, 0, None)
+        train.fit_phase(model, 1, config, tr, va, run_dir(), 0, epochs, 1e-3, 0, None)
 
     def cached():  # a cold cache: building it is part of the cost
         model.set_weights(start_weights)
         cache = workdir / "features"
         shutil.rmtree(cache, ignore_errors=True)
-        head, tr, va = train._on_features(model, config, images_, SIZE, cache, BATCH, strategy)
-        train._fit_phase(head, 1, config, tr, va, run_dir(), 0, epochs, 1e-3, 0, None)
+        head, tr, va = train.head_on_features(model, config, images_, SIZE, cache, BATCH, strategy)
+        train.fit_phase(head, 1, config, tr, va, run_dir(), 0, epochs, 1e-3, 0, None)
 
     def warm():  # the second run of the same data: the cache is reused
         model.set_weights(start_weights)
-        head, tr, va = train._on_features(model, config, images_, SIZE, workdir / "features", BATCH, strategy)
-        train._fit_phase(head, 1, config, tr, va, run_dir(), 0, epochs, 1e-3, 0, None)
+        head, tr, va = train.head_on_features(model, config, images_, SIZE, workdir / "features", BATCH, strategy)
+        train.fit_phase(head, 1, config, tr, va, run_dir(), 0, epochs, 1e-3, 0, None)
 
     cached()  # trace once; also leaves a cache for `warm`
     t = interleaved({"live": live, "cached": cached, "warm": warm}, repeats=repeats)

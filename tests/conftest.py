@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,3 +87,38 @@ def save_tiny_backbone(path: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def hub_handle(tmp_path_factory) -> Path:
     return save_tiny_backbone(tmp_path_factory.mktemp("hub") / "tiny_features")
+
+
+def history_lines(run_dir: Path | None) -> list[dict]:
+    """The per-epoch lines a run has logged so far (history.jsonl)."""
+    path = run_dir / "history.jsonl" if run_dir else None
+    return [json.loads(line) for line in path.read_text().splitlines()] if path and path.exists() else []
+
+
+def only_run_dir(runs: Path) -> Path | None:
+    """The single run folder under runs/<name>, once it exists."""
+    found = sorted(runs.glob("*")) if runs.is_dir() else []
+    return found[0] if found else None
+
+
+def interrupt_when(args: list[str], ready: Callable[[], bool], log: Path, sig: int = signal.SIGKILL,
+                   timeout: float = 240) -> tuple[int, str]:
+    """Start a command, send it `sig` as soon as ready() holds; returns its exit code and output.
+
+    Output goes to `log` rather than a pipe, so a chatty process never blocks on a full pipe.
+    """
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc.poll() is None and not ready():
+                time.sleep(0.05)
+            assert proc.poll() is None, f"the process ended before it could be interrupted:\n{log.read_text()[-3000:]}"
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, log.read_text()

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import h5py
 import numpy as np
@@ -15,7 +14,7 @@ import tensorflow as tf
 
 from tf_transfer import distribute, export
 
-from .conftest import SIZE
+from .conftest import SIZE, history_lines, interrupt_when, only_run_dir
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -132,30 +131,18 @@ def test_two_worker_processes_train_together_and_only_the_chief_exports(shapes_d
     assert (run_dir / "worker-1.log").is_file() and (run_dir / "metrics.json").is_file()
 
 
-def _history(run_dir):
-    path = run_dir / "history.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def test_sigterm_saves_a_checkpoint_and_resume_continues(shapes_dir, tmp_path):
     args = [sys.executable, "-m", "tf_transfer.train", "--data", str(shapes_dir), "--name", "pre",
             "--runs-dir", str(tmp_path / "runs"), "--image-size", "32", "--batch-size", "8",
             "--phase1-epochs", "1", "--phase2-epochs", "30", "--phase1-patience", "0", "--phase2-patience", "0",
             "--no-export", "--no-report"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-    deadline, run_dir = time.monotonic() + 240, None
-    while time.monotonic() < deadline and proc.poll() is None:
-        runs = list((tmp_path / "runs" / "pre").glob("*"))
-        run_dir = runs[0] if runs else None
-        if run_dir and sum(e["phase"] == 2 for e in _history(run_dir)) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be pre-empted"
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 143, out[-3000:]
+    runs = tmp_path / "runs" / "pre"
+    code, out = interrupt_when(args, lambda: sum(e["phase"] == 2 for e in history_lines(only_run_dir(runs))) >= 2,
+                               tmp_path / "pre.log", sig=signal.SIGTERM)
+    run_dir = only_run_dir(runs)
+    assert code == 143, out[-3000:]
     assert "Pre-empted. SIGTERM: saved the training state" in out
-    last = _history(run_dir)[-1]["epoch"]
+    last = history_lines(run_dir)[-1]["epoch"]
     backup = run_dir / "checkpoints" / "backup_phase2"
     assert any(backup.rglob("*.index"))
     # A kill in the middle of the next checkpoint write leaves partial files behind: they must not matter.
@@ -167,5 +154,5 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(shapes_dir, tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     history = json.loads((run_dir / "history.json").read_text())["epochs"]
     assert [e["epoch"] for e in history] == list(range(1, 32))
-    new = _history(run_dir)[len(_history(run_dir)) - (31 - last):]
+    new = history_lines(run_dir)[len(history_lines(run_dir)) - (31 - last):]
     assert new[0]["epoch"] == last + 1 and all(e["phase"] == 2 for e in new)

@@ -35,7 +35,7 @@ def _ensure(config, images, model, root: Path, split="train", views=1):
 def test_head_on_cached_features_matches_live_training_and_export(shapes_dir, tmp_path):
     import tensorflow as tf
 
-    from tf_transfer import data, train
+    from tf_transfer import data, outputs, train
 
     results = {}
     for mode in ("off", str(tmp_path / "features")):
@@ -50,7 +50,7 @@ def test_head_on_cached_features_matches_live_training_and_export(shapes_dir, tm
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert [round(h["loss"], 4) for h in live.history] == [round(h["loss"], 4) for h in cached.history]
 
-    samples = train._sample_bytes(data.load_manifest(cached.run_dir), "test")
+    samples = outputs.sample_bytes(data.load_manifest(cached.run_dir), "test")
     outputs = []
     for result in (live, cached):
         loaded = tf.saved_model.load(str(result.export_path))
@@ -151,3 +151,33 @@ def test_feature_views_must_be_positive(tmp_path):
     with pytest.raises(config_lib.ConfigError, match=r"phase1\.feature_views"):
         make_config(tmp_path, "demo", **{"phase1.feature_views": 0})
 
+
+
+@pytest.mark.slow
+def test_phase1_on_cached_features_is_preempted_and_resumes_where_it_stopped(shapes_dir, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import history_lines, interrupt_when, only_run_dir
+
+    args = [sys.executable, "-m", "tf_transfer.train", "--data", str(shapes_dir), "--name", "p1",
+            "--runs-dir", str(tmp_path / "runs"), "--image-size", "32", "--batch-size", "8", "--no-augment",
+            "--phase1-epochs", "40", "--phase2-epochs", "1", "--phase1-patience", "0", "--phase2-patience", "0",
+            "--feature-cache", str(tmp_path / "features"), "--no-export", "--no-report"]
+    runs = tmp_path / "runs" / "p1"
+    code, out = interrupt_when(args, lambda: len(history_lines(only_run_dir(runs))) >= 3, tmp_path / "p1.log",
+                               sig=signal.SIGTERM)
+    assert code == 143, out[-3000:]
+    assert "Phase 1 trains the head on cached features" in out
+    run_dir = only_run_dir(runs)
+    last = history_lines(run_dir)[-1]["epoch"]
+    resumed = subprocess.run([sys.executable, "-m", "tf_transfer.train", "--resume", str(run_dir)],
+                             capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Feature cache: reusing" in resumed.stdout  # the features were not computed again
+    epochs = json.loads((run_dir / "history.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == list(range(1, 42))
+    assert [e["phase"] for e in epochs] == [1] * 40 + [2]
+    assert history_lines(run_dir)[last]["epoch"] == last + 1  # phase 1 went on after the last saved epoch

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from tf_transfer import model as model_lib
 from tf_transfer._keras import keras
 from tf_transfer.config import ModelConfig
 
-from .conftest import SIZE, make_config
+from .conftest import SIZE, history_lines, interrupt_when, make_config, only_run_dir
 
 
 def _by_name(layer):
@@ -127,11 +125,6 @@ def test_hub_handle_backbone_is_fine_tuned_in_phase2(hub_handle, shapes_dir, tmp
     assert result.export_path is not None and (result.export_path / "saved_model.pb").is_file()
 
 
-def _history_lines(run_dir):
-    path = run_dir / "history.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 @pytest.mark.slow
 def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
     args = [sys.executable, "-m", "tf_transfer.train", "--data", str(shapes_dir), "--name", "killme",
@@ -139,31 +132,19 @@ def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
             "--image-size", "32", "--phase1-epochs", "2", "--phase2-epochs", "25", "--phase1-patience", "0",
             "--phase2-patience", "0", "--no-verify-export", "--batch-size", "16", "--no-augment"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 240
-    run_dir = None
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            runs = list((tmp_path / "runs" / "killme").glob("*"))
-            run_dir = runs[0] if runs else None
-            if run_dir and sum(e["phase"] == 2 for e in _history_lines(run_dir)) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    runs = tmp_path / "runs" / "killme"
+    interrupt_when(args, lambda: sum(e["phase"] == 2 for e in history_lines(only_run_dir(runs))) >= 2,
+                   tmp_path / "killed.log")
+    run_dir = only_run_dir(runs)
     state = json.loads((run_dir / "state.json").read_text())
     assert state["phase1_done"] and state["phase"] == 2
-    lines_before = len(_history_lines(run_dir))
+    lines_before = len(history_lines(run_dir))
 
     out = subprocess.run([sys.executable, "-m", "tf_transfer.train", "--resume", str(run_dir)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Phase 1 finished earlier (2 epochs)" in out.stdout
-    new = _history_lines(run_dir)[lines_before:]
+    new = history_lines(run_dir)[lines_before:]
     assert new and all(e["phase"] == 2 for e in new)  # phase 1 did not run again
     assert new[0]["epoch"] == state["last_epoch"] + 1  # continues after the last checkpoint
     history = json.loads((run_dir / "history.json").read_text())

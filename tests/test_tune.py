@@ -2,15 +2,15 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tf_transfer import config as config_lib
 from tf_transfer import train, tune
+
+from .conftest import interrupt_when
 
 FIX = ["--fix", "phase1.epochs=2", "--fix", "phase2.epochs=1", "--fix", "model.label_smoothing=0.0"]
 
@@ -50,20 +50,9 @@ def test_search_runs_both_phases_and_the_best_config_reproduces(shapes_dir, tmp_
 def test_interrupted_search_resumes_without_repeating_trials(shapes_dir, tmp_path):
     directory = tmp_path / "tuning"
     cmd = _tune_cmd(shapes_dir, tmp_path, 3, directory)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     first = directory / "search" / "trial_0" / "trial.json"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if first.exists() and json.loads(first.read_text()).get("status") == "COMPLETED":
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, "the search finished before it could be interrupted"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    interrupt_when(cmd, lambda: first.exists() and json.loads(first.read_text()).get("status") == "COMPLETED",
+                   tmp_path / "search.log", timeout=300)
     done_before = {r["trial_id"]: r for r in tune.summaries(directory)}
     assert "0" in done_before
     stamp = (directory / "search" / "trial_0" / "trial_summary.json").stat().st_mtime

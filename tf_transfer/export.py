@@ -231,13 +231,13 @@ def serving_commands(version_dir: str | Path) -> dict[str, str]:
 def export_run(run_dir: str | Path, tflite: Sequence[str] = ()) -> Path:
     """Export a finished run again (a new version), from its saved config, split and final weights."""
     from tf_transfer import config as config_lib
-    from tf_transfer import train
+    from tf_transfer import outputs
 
     run_dir = Path(run_dir)
     config = config_lib.load(run_dir / "config.json")
     if tflite:
         config = config.replace(**{"export.tflite": ",".join(tflite)})
-    return train.export_from_run(config, run_dir)
+    return outputs.export_from_run(config, run_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,17 +18,17 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tf_transfer import cli
+from tf_transfer import cli, outputs
 from tf_transfer import config as config_lib
 from tf_transfer.config import Config
+from tf_transfer.outputs import FINAL_WEIGHTS
 
 log = logging.getLogger("tf_transfer.train")
 
 PHASE1_WEIGHTS = "phase1_final.weights.h5"
-FINAL_WEIGHTS = "final.weights.h5"
 PHASE1_METRICS = "phase1_metrics.json"
 
 
@@ -88,7 +88,7 @@ def _save_weights(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _fit_phase(model, phase: int, config: Config, train_ds, val_ds, run_dir: Path, initial_epoch: int,
+def fit_phase(model, phase: int, config: Config, train_ds, val_ds, run_dir: Path, initial_epoch: int,
                epochs: int, learning_rate: float, patience: int, class_weight, chief: bool = True) -> int:
     """Compile and fit one phase; returns the number of the last epoch run (1-based, cumulative)."""
     from tf_transfer import callbacks as cb
@@ -190,7 +190,7 @@ def _run(config: Config, run_dir: Path, resuming: bool, images=None, strategy=No
         keras.mixed_precision.set_global_policy("float32")  # no global state leaks into the next run
 
 
-def _on_features(model, config: Config, images, image_size: int, root: Path, batch_size: int, strategy):
+def head_on_features(model, config: Config, images, image_size: int, root: Path, batch_size: int, strategy):
     """Phase 1 on cached backbone features: the head (shared with `model`) and its train/val datasets."""
     from tf_transfer import features
 
@@ -284,13 +284,14 @@ def _train(config: Config, run_dir: Path, resuming: bool, images, strategy, topo
             fit_model, fit_train, fit_val = model, train_ds, val_ds
             root = features.plan(config, topo.workers, topo.kind)
             if root is not None:
-                fit_model, fit_train, fit_val = _on_features(model, config, images, image_size, root, global_batch,
+                fit_model, fit_train, fit_val = head_on_features(model, config, images, image_size, root, global_batch,
                                                              strategy)
-            epoch = _fit_phase(fit_model, 1, config, fit_train, fit_val, run_dir, 0, config.phase1.epochs,
+            epoch = fit_phase(fit_model, 1, config, fit_train, fit_val, run_dir, 0, config.phase1.epochs,
                                config.phase1.learning_rate, config.phase1.patience, class_weight, chief)
         _save_weights(model, phase1_weights if chief else scratch_dir / PHASE1_WEIGHTS)
         if config.phase1.epochs and config.phase2.epochs:  # phase 1 alone, to show what fine-tuning adds
-            phase1_metrics = _evaluate_splits(model, {"val": val_ds, "test": test_ds}, images.class_names, config)
+            phase1_metrics = outputs.evaluate_splits(model, {"val": val_ds, "test": test_ds}, images.class_names,
+                                                     config)
             if chief:
                 cb.write_json_atomic(run_dir / PHASE1_METRICS, phase1_metrics)
         state = {**cb.read_state(run_dir), "phase1_done": True, "phase1_epochs": epoch}
@@ -304,7 +305,7 @@ def _train(config: Config, run_dir: Path, resuming: bool, images, strategy, topo
                  config.phase2.unfreeze, len(unfrozen), unfrozen[0] if unfrozen else "-",
                  "trains" if config.phase2.train_bn else "stays frozen")
         trainable["phase2"] = _log_params(model, "Phase 2 (fine-tuning)")
-        epoch = _fit_phase(model, 2, config, train_ds, val_ds, run_dir, epoch, config.phase2.epochs,
+        epoch = fit_phase(model, 2, config, train_ds, val_ds, run_dir, epoch, config.phase2.epochs,
                            config.phase2_learning_rate, config.phase2.patience, class_weight, chief)
 
     final_weights = run_dir / "checkpoints" / FINAL_WEIGHTS
@@ -315,54 +316,26 @@ def _train(config: Config, run_dir: Path, resuming: bool, images, strategy, topo
         log.info("Worker %d finished training; the chief writes metrics and the export", topo.worker_index)
         return RunResult(scratch_dir, config, {}, history, None, model, images.class_names, trainable)
     if topo.workers > 1:  # evaluate and export a plain copy: the cluster's variables need every worker
-        model = _rebuild(config, images.num_classes, image_size, final_weights)
+        model = outputs.rebuild(config, images.num_classes, image_size, final_weights)
     (run_dir / "history.json").write_text(json.dumps({"phase_boundary": boundary, "epochs": history}, indent=2) + "\n")
 
     predictions: dict = {}
-    metrics = _evaluate_splits(model, {"val": val_ds, "test": test_ds}, images.class_names, config, predictions)
+    metrics = outputs.evaluate_splits(model, {"val": val_ds, "test": test_ds}, images.class_names, config,
+                                      predictions)
     if (run_dir / PHASE1_METRICS).is_file():
         metrics["phase1"] = json.loads((run_dir / PHASE1_METRICS).read_text())
     if config.evaluation.baseline == "scratch":
         metrics["baseline_scratch"] = _scratch_baseline(config, run_dir, images)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _log_metrics(metrics)
+    outputs.log_metrics(metrics)
 
-    export_path = _export(config, run_dir, model, images, metrics, image_size, bb.preprocess) \
+    export_path = outputs.export_model(config, run_dir, model, images, metrics, image_size, bb.preprocess) \
         if config.export.enabled else None
     if config.evaluation.report:
-        _write_report(config, run_dir, images, metrics, history, boundary, test_ds or val_ds, predictions,
+        outputs.write_report(config, run_dir, images, metrics, history, boundary, test_ds or val_ds, predictions,
                       export_path)
     log.info("Run folder: %s", run_dir)
     return RunResult(run_dir, config, metrics, history, export_path, model, images.class_names, trainable)
-
-
-def _evaluate_splits(model, datasets: dict, class_names: list[str], config: Config,
-                     predictions: dict | None = None) -> dict:
-    """Metrics per split from one prediction pass each; keeps (labels, probs) in `predictions`."""
-    from tf_transfer import evaluate
-
-    out = {}
-    for split, ds in datasets.items():
-        if ds is not None:
-            labels, probs = evaluate.predict(model, ds)
-            out[split] = evaluate.metrics(labels, probs, class_names, config.evaluation.top_k)
-            if predictions is not None:
-                predictions[split] = (labels, probs)
-    return out
-
-
-def _log_metrics(metrics: dict) -> None:
-    from tf_transfer import evaluate
-
-    for split in ("val", "test"):
-        if split in metrics:
-            log.info("%s", evaluate.format_table(metrics[split], f"{split} split (final model):"))
-    rows = [(label, metrics.get(key, {}).get("test") if key else metrics.get("test"))
-            for label, key in (("phase 1 (frozen backbone)", "phase1"), ("final (fine-tuned)", None),
-                               ("from scratch, same budget", "baseline_scratch"))]
-    rows = [(label, m) for label, m in rows if m]
-    if len(rows) > 1:
-        log.info("Test accuracy: %s", "; ".join(f"{label} {m['accuracy']:.4f}" for label, m in rows))
 
 
 def _scratch_baseline(config: Config, run_dir: Path, images) -> dict:
@@ -384,99 +357,11 @@ def _scratch_baseline(config: Config, run_dir: Path, images) -> dict:
     return {k: v for k, v in result.metrics.items() if k in ("val", "test")}
 
 
-def _write_report(config: Config, run_dir: Path, images, metrics: dict, history: list[dict], boundary: int,
-                  dataset, predictions: dict, export_path) -> None:
-    from tf_transfer import evaluate, report
-
-    split = "test" if "test" in predictions else "val"
-    if split not in predictions:
-        return
-    labels, probs = predictions[split]
-    (run_dir / "metrics.txt").write_text("\n\n".join(evaluate.format_table(metrics[s], f"{s}:")
-                                                     for s in ("val", "test") if s in metrics) + "\n")
-    plot_paths = report.write_plots(run_dir, images.class_names, metrics[split], dataset, labels, probs,
-                                    history=history, boundary=boundary, counts=images.counts())
-    path = report.write_report(
-        run_dir, f"tf_transfer run {config.name}: {run_dir.name}", split, metrics[split], plot_paths,
-        config=config.to_dict(), data_summary={"source": images.source, "counts": images.counts()},
-        skipped=images.skipped, all_metrics=metrics, export_path=str(export_path) if export_path else None)
-    log.info("Report: %s", path)
-
-
-def _export(config: Config, run_dir: Path, model, images, metrics: dict, image_size: int, preprocess: str) -> Path:
-    """Export the trained model, record where, and verify the export in a fresh process."""
-    from tf_transfer import data, export
-
-    samples = _sample_bytes(images, "test" if images.splits["test"] else "train")
-    variants = [v for v in config.export.tflite.split(",") if v]
-    representative = []
-    if "int8" in variants:  # calibration images for full-integer quantization, from the training split
-        plain = replace(config.data, augment=False, cache="none")
-        ds = data.pipeline(images, "train", plain, image_size, config.seed, batch_size=1)
-        representative = [x.numpy() for x, _ in ds.take(100)]
-    path = export.export_classifier(
-        model, images.class_names, image_size, config.export.export_dir, config.name,
-        config={**config.to_dict(), "resolved": {"image_size": image_size, "preprocess": preprocess}},
-        metrics=metrics, samples=samples, top_k=config.export.top_k,
-        max_image_pixels=config.export.max_image_pixels, tflite=variants, representative=representative)
-    (run_dir / "export_path.txt").write_text(f"{path}\n")
-    if config.export.verify:
-        result = export.verify_in_subprocess(path)
-        log.info("Export verified in a fresh process: %d sample images, same top-1, max score diff %.2g",
-                 result["samples"], result["max_score_diff"])
-    log.info("SavedModel: %s", path)
-    commands = export.serving_commands(path)
-    log.info("Serve it with TF Serving:\n  %s\n  %s\nor locally for development:\n  %s",
-             commands["docker"], commands["tensorflow_model_server"], commands["local_dev_server"])
-    return path
-
-
-def _rebuild(config: Config, num_classes: int, image_size: int, weights: Path):
-    """The classifier of `config`, outside any distribution strategy, with the given weights."""
-    from tf_transfer import backbones
-    from tf_transfer import model as model_lib
-
-    # The weights file replaces whatever the backbone starts with, so skip any download.
-    bb = backbones.build(config.model.backbone, "none", image_size, config.model.cut_layer, config.model.preprocess)
-    model = model_lib.build_classifier(bb, num_classes, config.model, train_bn=config.phase2.train_bn)
-    model.load_weights(str(weights))
-    return model
-
-
-def export_from_run(config: Config, run_dir: Path) -> Path:
-    """Rebuild a finished run's model from its final weights and export it as a new version."""
-    import json as json_lib
-
-    from tf_transfer import backbones, data
-
-    handler = cli.setup_logging(run_dir / "run.log")
-    try:
-        weights = run_dir / "checkpoints" / FINAL_WEIGHTS
-        if not weights.is_file():
-            raise config_lib.ConfigError(f"{run_dir} has no {weights.name}; expected a finished run folder")
-        images = data.load_manifest(run_dir)
-        image_size = config.data.image_size or backbones.default_image_size(config.model.backbone)
-        model = _rebuild(config, images.num_classes, image_size, weights)
-        metrics = json_lib.loads((run_dir / "metrics.json").read_text())
-        return _export(config, run_dir, model, images, metrics, image_size, model.get_layer("preprocess").mode)
-    finally:
-        logging.getLogger("tf_transfer").removeHandler(handler)
-        handler.close()
-
-
 def strategy_for(config: Config):
     """The tf.distribute strategy a run of this config uses (see tf_transfer.distribute)."""
     from tf_transfer import distribute
 
     return distribute.create(config.runtime.strategy, config.runtime.tpu)
-
-
-def _sample_bytes(images, split: str, count: int = 8) -> list[bytes]:
-    """Encoded bytes of a few images of a split (for export verification)."""
-    from tf_transfer import data
-
-    ds = data.encoded_images(images, images.splits[split][:count])
-    return [b for b, _ in ds.as_numpy_iterator()]
 
 
 def build_parser() -> argparse.ArgumentParser:
