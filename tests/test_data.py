@@ -191,3 +191,53 @@ def test_counts_report(shapes_dir):
     table = d.summary_table()
     assert "circle" in table and "total" in table
     assert Counter(e.label for e in d.splits["train"]) == Counter({0: 20, 1: 20, 2: 20})  # 30 - 2 * round(4.5)
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    yy, xx = np.mgrid[0:height, 0:width]
+    pixels = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) % 256], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size,expected", [(64, (75, 125)), (80, (150, 250)), (300, (300, 500)), (301, (600, 1000))])
+def test_large_jpegs_decode_at_the_smallest_dct_scale_that_keeps_the_input_size(size, expected):
+    from tf_transfer import images
+
+    decoded = images.decode_jpeg_at_least(_jpeg(1000, 600), size)
+    assert tuple(decoded.shape[:2]) == expected
+
+
+def test_dct_scaled_decoding_matches_full_decoding_closely_and_png_is_unchanged():
+    import tensorflow as tf
+
+    from tf_transfer import images
+
+    blob = _jpeg(1000, 600)
+    scaled = images.decode_and_resize(blob, 64).numpy().astype(int)
+    full = images.resize(images.decode(blob), 64).numpy().astype(int)
+    assert scaled.shape == full.shape == (64, 64, 3)
+    assert np.abs(scaled - full).mean() < 4  # a smooth image: both are faithful downscales
+    png = tf.io.encode_png(images.decode(blob)).numpy()
+    assert np.array_equal(images.decode_and_resize(png, 64).numpy(), full)
+
+
+def test_auto_cache_picks_memory_then_disk_then_nothing(tmp_path, monkeypatch, shapes_dir):
+    import shutil
+    from collections import namedtuple
+
+    cfg = DataConfig(source=str(shapes_dir), image_size=SIZE)
+    d = data.prepare(cfg, seed=0)
+    needed = sum(len(v) for v in d.splits.values()) * SIZE * SIZE * 3
+    assert data.cache_place("auto", d, SIZE) == "memory"
+    assert data.cache_place("none", d, SIZE) == "none"
+    monkeypatch.setattr(data, "_available_memory", lambda: needed)  # more than half of it is needed
+    on_disk = data.cache_place("auto", d, SIZE)
+    assert on_disk.startswith(str(demo.cache_home())) and on_disk.endswith("images")
+    ds = data.pipeline(d, "train", DataConfig(source=str(shapes_dir), image_size=SIZE, cache="auto"), SIZE, 0)
+    assert sum(int(x.shape[0]) for x, _ in ds) == len(d.splits["train"])
+    assert any((demo.cache_home() / "images").iterdir()), "the auto cache wrote nothing to disk"
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(needed, needed, needed // 2))
+    assert data.cache_place("auto", d, SIZE) == "none"

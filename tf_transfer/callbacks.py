@@ -102,6 +102,9 @@ class PreemptionSaver(keras.callbacks.Callback):
     def __init__(self, backup: keras.callbacks.BackupAndRestore):
         super().__init__()
         self.backup = backup
+        # This batch hook never reads the logs: declaring so spares Keras a device-to-host copy of the
+        # metrics after every step (3x the step time of a head trained on cached features).
+        self._supports_tf_logs = True
         self._requested = False
         self._previous = None
 
