@@ -55,14 +55,15 @@ weight values and the ImageNet download is not reachable from this machine.
 {row(p1h, f"{p1h['epochs']} epochs, no augmentation")}
 {row(p1a, f"{p1a['epochs']} epochs, augmentation, {p1a['views']} views")}
 
-- Target for E >= 5 epochs: at least 0.8·E = {target:.1f}x, cache build included. MobileNetV2-1.0
-  reaches **{p1h['speedup']:.2f}x**. The default MobileNetV2-0.35 reaches {p1['speedup']:.2f}x, below
-  the target.
-- The 0.35 backbone is so light that decoding a 500x375 JPEG costs about half of its forward pass.
-  Both paths decode every image once, so the ceiling is E·F/(F + D) for a forward pass F and a decode
-  D. The fixed costs also weigh more on a light backbone: tracing, hashing files and weights, and
-  compiling the head. Heavier backbones and larger datasets move the ratio towards E. On 1,275
-  images the 0.35 backbone measured 3.4x.
+- Target for E >= 5 epochs: at least 0.8·E = {target:.1f}x, cache build included. This run measured
+  {p1['speedup']:.2f}x (MobileNetV2-0.35) and {p1h['speedup']:.2f}x (MobileNetV2-1.0), so the target was
+  {"met" if min(p1['speedup'], p1h['speedup']) >= target else "not met"} here. The ratio moves a lot between
+  runs on this shared machine. Other runs of the same benchmark measured 2.1-4.4x for the 0.35 backbone
+  and 3.0-4.3x for 1.0.
+- Both paths decode every image once, so the ceiling is E·F/(F + D), for a forward pass F and a decode D.
+  The 0.35 backbone is so light that decoding a 500x375 JPEG costs about half of its forward pass
+  (1.3 s against 2.4 s for 1,275 images), so the ceiling sits well below E. On top come fixed costs: tracing the extractor, hashing files and
+  weights, compiling the head. Heavier backbones and larger datasets move the ratio towards E.
 - Head training is cheap once the features exist. Keras copied the metrics to the host after every
   step, because our pre-emption callback has a batch hook, and that cost 3x a feature step. The
   callback now declares that it does not read them.
