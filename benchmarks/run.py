@@ -63,7 +63,8 @@ weight values and the ImageNet download is not reachable from this machine.
 - Both paths decode every image once, so the ceiling is E·F/(F + D), for a forward pass F and a decode D.
   The 0.35 backbone is so light that decoding a 500x375 JPEG costs about half of its forward pass
   (1.3 s against 2.4 s for 1,275 images), so the ceiling sits well below E. On top come fixed
-  costs: tracing the extractor, hashing files and weights, compiling the head. Heavier backbones and larger datasets move the ratio towards E.
+  costs: tracing the extractor, hashing files and weights, compiling the head. Heavier backbones
+  and larger datasets move the ratio towards E.
 - Head training is cheap once the features exist. Keras copied the metrics to the host after every
   step, because our pre-emption callback has a batch hook, and that cost 3x a feature step. The
   callback now declares that it does not read them.
