@@ -170,3 +170,24 @@ def test_cli_reports_a_data_error_without_traceback(tmp_path):
                           "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "does not exist" in out.stdout + out.stderr and "Traceback" not in out.stdout + out.stderr
+
+
+def test_keras_batch_timing_warning_is_hidden_only_while_fitting():
+    import logging
+
+    from tf_transfer import callbacks as cb
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        message = "Callback method `on_train_batch_end` is slow compared to the batch time"
+        with cb.quiet_batch_timing():
+            logger.warning(message)
+            logger.warning("another warning")
+        logger.warning(message)
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["another warning", message]

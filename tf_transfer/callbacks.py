@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import time
@@ -26,6 +28,26 @@ def write_json_atomic(path: Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+class _NoBatchTimingWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is slow compared to the batch time" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_batch_timing():
+    """Hide Keras' "callback is slow compared to the batch time" warning while fitting.
+
+    A head trained on cached features takes a millisecond or two per step, so any per-step callback
+    (our pre-emption check) trips it although its cost is negligible in the run.
+    """
+    logger, quiet = logging.getLogger("tensorflow"), _NoBatchTimingWarning()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class HistoryRecorder(keras.callbacks.Callback):

@@ -119,9 +119,10 @@ def fit_phase(model, phase: int, config: Config, train_ds, val_ds, run_dir: Path
     if patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=patience,
                                                        restore_best_weights=True, verbose=1))
-    history = model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
-                        epochs=initial_epoch + epochs, callbacks=callbacks, class_weight=class_weight,
-                        verbose=1 if sys.stdout.isatty() else 2)
+    with cb.quiet_batch_timing():
+        history = model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch,
+                            epochs=initial_epoch + epochs, callbacks=callbacks, class_weight=class_weight,
+                            verbose=1 if sys.stdout.isatty() else 2)
     epochs_run = history.epoch
     return (epochs_run[-1] + 1) if epochs_run else initial_epoch
 
