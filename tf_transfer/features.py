@@ -132,7 +132,7 @@ def weights_digest(layer) -> str:
 
 
 def key_material(config: Config, model: keras.Model, images: data_lib.ImageData, split: str, image_size: int,
-                 views: int) -> dict:
+                 views: int, weights: str | None = None) -> dict:
     """Everything the features of `split` depend on."""
     d = config.data
     augmentation = {k: getattr(d, k) for k in ("flip", "rotation", "zoom", "translation", "contrast")}
@@ -141,7 +141,7 @@ def key_material(config: Config, model: keras.Model, images: data_lib.ImageData,
         "split": split,
         "backbone": config.model.backbone,
         "cut_layer": config.model.cut_layer,
-        "backbone_weights": weights_digest(model.get_layer("backbone")),
+        "backbone_weights": weights or weights_digest(model.get_layer("backbone")),
         "image_size": image_size,
         "preprocess": model.get_layer("preprocess").mode,
         "precision": keras.mixed_precision.global_policy().name,
@@ -246,10 +246,12 @@ def build(folder: Path, material: dict, extract, config: Config, images: data_li
 
 
 def ensure(model: keras.Model, config: Config, images: data_lib.ImageData, split: str, image_size: int,
-           root: Path, views: int, batch_size: int, extract=None) -> FeatureSet:
-    """The features of a split: reused from `root` when an intact entry matches, else computed now
-    (with `extract`, from `extractor`, when given)."""
-    material = key_material(config, model, images, split, image_size, views)
+           root: Path, views: int, batch_size: int, extract=None, weights: str | None = None) -> FeatureSet:
+    """The features of a split: reused from `root` when an intact entry matches, else computed now.
+
+    Several splits of one run can share `extract` (from `extractor`) and `weights` (the backbone's
+    `weights_digest`), so the extractor is traced and the weights hashed once."""
+    material = key_material(config, model, images, split, image_size, views, weights)
     folder = root / key_of(material)
     found = load(folder, material)
     if found:

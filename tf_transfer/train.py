@@ -196,9 +196,10 @@ def head_on_features(model, config: Config, images, image_size: int, root: Path,
     from tf_transfer import features
 
     views = features.effective_views(config)
-    extract = features.extractor(model, image_size)
-    train = features.ensure(model, config, images, "train", image_size, root, views, batch_size, extract)
-    val = features.ensure(model, config, images, "val", image_size, root, 1, batch_size, extract) \
+    shared = {"extract": features.extractor(model, image_size),
+              "weights": features.weights_digest(model.get_layer("backbone"))}
+    train = features.ensure(model, config, images, "train", image_size, root, views, batch_size, **shared)
+    val = features.ensure(model, config, images, "val", image_size, root, 1, batch_size, **shared) \
         if images.splits["val"] else None
     with strategy.scope():
         head = features.head_model(model)
