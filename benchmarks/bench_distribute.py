@@ -13,7 +13,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from tf_transfer import demo
+from tf_transfer.data import demo
+from tf_transfer.folders import RunDir
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 ARGS = ["--image-size", "96", "--phase1-epochs", "0", "--phase2-epochs", "4", "--unfreeze", "all",
@@ -31,8 +32,8 @@ RUN = textwrap.dedent("""
 
 
 def _epoch_seconds(runs_dir: Path) -> float:
-    (run,) = [p for p in runs_dir.glob("*/*") if (p / "history.json").is_file()]
-    epochs = json.loads((run / "history.json").read_text())["epochs"]
+    (run,) = [RunDir(p) for p in runs_dir.glob("*/*") if (p / RunDir.HISTORY).is_file()]
+    epochs = run.history()["epochs"]
     return statistics.median(e["seconds"] for e in epochs[1:])  # the first epoch traces and fills caches
 
 

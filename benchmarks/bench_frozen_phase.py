@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import interleaved, write_photo_like_jpegs
-from tf_transfer import backbones, data
-from tf_transfer import model as model_lib
 from tf_transfer._keras import keras
 from tf_transfer.config import DataConfig, ModelConfig
+from tf_transfer.data import datasets as data
+from tf_transfer.models import backbones
+from tf_transfer.models import classifier as model_lib
 
 SIZE, BATCH = 224, 32
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import tensorflow as tf
 
 from benchmarks.common import interleaved, write_photo_like_jpegs
-from tf_transfer import data, images
 from tf_transfer._keras import keras
 from tf_transfer.config import DataConfig
+from tf_transfer.data import datasets as data
+from tf_transfer.data import images
 
 SIZE, BATCH = 224, 32
 

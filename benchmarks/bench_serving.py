@@ -14,9 +14,13 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import interleaved, write_photo_like_jpegs
-from tf_transfer import backbones, export, images, serve, serving
-from tf_transfer import model as model_lib
+from tf_transfer import serving
 from tf_transfer.config import ModelConfig
+from tf_transfer.data import images
+from tf_transfer.models import backbones
+from tf_transfer.models import classifier as model_lib
+from tf_transfer.serving import savedmodel
+from tf_transfer.serving import server as serve
 
 SIZE = 224
 
@@ -32,8 +36,8 @@ def run(workdir: Path, single_calls: int = 60, batch_repeats: int = 7, clients: 
     raw = [p.read_bytes() for p in sorted(root.rglob("*.jpg"))][:32]
     bb = backbones.build("mobilenet_v2_0.35", "imagenet", SIZE)
     model = model_lib.build_classifier(bb, 3, ModelConfig())
-    path = export.export_classifier(model, ["a", "b", "c"], SIZE, workdir / "exports", "bench", {}, {},
-                                    samples=raw[:2])
+    path = savedmodel.export_classifier(model, savedmodel.ExportSpec(["a", "b", "c"], SIZE, {}, {}, samples=raw[:2]),
+                                        workdir / "exports", "bench")
     serve_fn = tf.saved_model.load(str(path)).signatures["serving_default"]
     decoded = tf.cast(tf.stack([images.decode_and_resize(tf.constant(b), SIZE) for b in raw]), tf.float32)
     batch_bytes = tf.constant(raw)

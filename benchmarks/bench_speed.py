@@ -17,10 +17,17 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import interleaved, write_photo_like_jpegs
-from tf_transfer import backbones, data, images, train
 from tf_transfer import config as config_lib
-from tf_transfer import model as model_lib
 from tf_transfer._keras import keras
+from tf_transfer.data import datasets as data
+from tf_transfer.data import images
+from tf_transfer.folders import RunDir
+from tf_transfer.models import backbones
+from tf_transfer.models import classifier as model_lib
+from tf_transfer.training import distribute
+from tf_transfer.training.phases import Stage
+from tf_transfer.training.trainer import Inputs, Trainer
+from tf_transfer.workflows.images import Images
 
 SIZE, BATCH = 224, 32
 
@@ -31,35 +38,35 @@ def _phase1(workdir: Path, epochs: int, augment: bool, views: int, per_class: in
     config = config_lib.apply_overrides(config_lib.Config(), {
         "data.source": str(root), "data.image_size": SIZE, "data.batch_size": BATCH, "data.test_fraction": 0.0,
         "data.augment": augment, "phase1.epochs": epochs, "phase1.patience": 0, "phase1.feature_views": views,
-        "model.backbone": backbone, "model.weights": weights})
+        "model.backbone": backbone, "model.weights": weights, "phase1.feature_cache": str(workdir / "features")})
     images_ = data.prepare(config.data, config.seed)
     bb = backbones.build(backbone, weights, SIZE)
     model = model_lib.build_classifier(bb, images_.num_classes, config.model)
     model_lib.freeze_backbone(model)
     start_weights = model.get_weights()
-    strategy = tf.distribute.get_strategy()
+    stage = Stage(phase=1, epochs=epochs, learning_rate=1e-3, patience=0)
 
-    def run_dir() -> Path:
-        folder = Path(tempfile.mkdtemp(dir=workdir))
-        return folder
+    def fit(inputs: Inputs) -> None:  # phase 1 as the trainer runs it, in a fresh run folder
+        Trainer(config, RunDir(tempfile.mkdtemp(dir=workdir)), model, None, None).fit(stage, inputs)
+
+    def head_on_features() -> Inputs:
+        with distribute.session(config) as session:
+            return Images(config).cached_features(model, images_, session)
 
     def live():  # what phase 1 does without the cache: decode (cached after epoch 1) and the backbone every epoch
         model.set_weights(start_weights)
         tr = data.pipeline(images_, "train", config.data, SIZE, config.seed, training=True)
         va = data.pipeline(images_, "val", config.data, SIZE, config.seed)
-        train.fit_phase(model, 1, config, tr, va, run_dir(), 0, epochs, 1e-3, 0, None)
+        fit(Inputs(model, tr, va))
 
     def cached():  # a cold cache: building it is part of the cost
         model.set_weights(start_weights)
-        cache = workdir / "features"
-        shutil.rmtree(cache, ignore_errors=True)
-        head, tr, va = train.head_on_features(model, config, images_, SIZE, cache, BATCH, strategy)
-        train.fit_phase(head, 1, config, tr, va, run_dir(), 0, epochs, 1e-3, 0, None)
+        shutil.rmtree(workdir / "features", ignore_errors=True)
+        fit(head_on_features())
 
     def warm():  # the second run of the same data: the cache is reused
         model.set_weights(start_weights)
-        head, tr, va = train.head_on_features(model, config, images_, SIZE, workdir / "features", BATCH, strategy)
-        train.fit_phase(head, 1, config, tr, va, run_dir(), 0, epochs, 1e-3, 0, None)
+        fit(head_on_features())
 
     cached()  # trace once; also leaves a cache for `warm`
     t = interleaved({"live": live, "cached": cached, "warm": warm}, repeats=repeats)

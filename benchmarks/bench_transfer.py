@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from tf_transfer import config as config_lib
-from tf_transfer import train
+from tf_transfer.workflows import recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10_small"
@@ -29,7 +29,7 @@ def run(workdir: Path, train_per_class: int = 100, test_per_class: int = 100) ->
         "data.image_size": 96, "data.val_fraction": 0.1, "model.weights": str(WEIGHTS),
         "phase1.epochs": 5, "phase2.epochs": 3, "phase2.unfreeze": "30", "phase1.patience": 0,
         "phase2.patience": 0, "export.enabled": False, "evaluation.baseline": "scratch", "evaluation.report": False})
-    m = train.run(config).metrics
+    m = recipe.run(config).metrics
     return {"train_images": train_per_class * 10, "test_images": test_per_class * 10,
             "phase1": m["phase1"]["test"]["accuracy"], "phase2": m["test"]["accuracy"],
             "scratch": m["baseline_scratch"]["test"]["accuracy"],

@@ -31,7 +31,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
-    from tf_transfer import demo
+    from tf_transfer.data import demo
 
     return demo.write_shapes(tmp_path_factory.mktemp("shapes"), per_class=30, size=SIZE, seed=1)
 
@@ -59,14 +59,14 @@ def make_config(tmp_path: Path, source: str, **overrides):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, shapes_dir):
     """One end-to-end run (both phases, export and fresh-process verification) shared by several tests."""
-    from tf_transfer import train
+    from tf_transfer.workflows import recipe
 
     tmp = tmp_path_factory.mktemp("e2e")
     config = make_config(tmp, str(shapes_dir), name="shapes", **{
         "phase1.epochs": 6, "phase2.epochs": 3, "export.verify": True, "phase2.unfreeze": "20",
         "export.tflite": "float,int8", "evaluation.baseline": "scratch",
     })
-    return train.run(config)
+    return recipe.run(config)
 
 
 def save_tiny_backbone(path: Path, seed: int = 0) -> Path:
@@ -90,8 +90,10 @@ def hub_handle(tmp_path_factory) -> Path:
 
 
 def history_lines(run_dir: Path | None) -> list[dict]:
-    """The per-epoch lines a run has logged so far (history.jsonl)."""
-    path = run_dir / "history.jsonl" if run_dir else None
+    """The per-epoch lines a run has logged so far, in order, repeats included (history.jsonl)."""
+    from tf_transfer.folders import RunDir
+
+    path = run_dir / RunDir.HISTORY_LOG if run_dir else None
     return [json.loads(line) for line in path.read_text().splitlines()] if path and path.exists() else []
 
 

@@ -6,10 +6,10 @@ import h5py
 import numpy as np
 import pytest
 
-from tf_transfer import backbones
 from tf_transfer._keras import keras
-from tf_transfer.backbones import BackboneError
-from tf_transfer.model import Preprocess
+from tf_transfer.errors import BackboneError
+from tf_transfer.models import backbones
+from tf_transfer.models.layers import Preprocess
 
 from .conftest import SHARED_WEIGHTS
 

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tf_transfer import data, demo
 from tf_transfer.config import DataConfig
-from tf_transfer.sources import DataError, Example
+from tf_transfer.data import datasets as data
+from tf_transfer.data import demo, images
+from tf_transfer.data.sources import DataError, Example
+from tf_transfer.folders import RunDir, cache_home
 
 from .conftest import SIZE
 
@@ -61,10 +63,10 @@ def test_classes_sorted_manifest_persisted(tmp_path):
     d = data.prepare(_cfg(root), seed=1)
     assert d.class_names == ["Zebra", "circle", "square", "triangle"]
     assert sum(e.label == 0 for s in d.splits.values() for e in s) == 4  # nested files count
-    run = tmp_path / "run"
-    run.mkdir()
-    d.write(run)
-    again = data.load_manifest(run)
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    d.save(run)
+    again = data.load_split(run)
     assert again.splits == d.splits and again.class_names == d.class_names
 
 
@@ -88,8 +90,8 @@ def test_bad_files_are_skipped_and_reported(tmp_path):
     assert {p.rsplit("/", 1)[1] for p in d.skipped} == bad
     assert all(reason for reason in d.skipped.values())
     assert not any(e.key in d.skipped for s in d.splits.values() for e in s)
-    d.write(tmp_path)
-    rows = list(csv.DictReader((tmp_path / data.SKIPPED).open()))
+    d.save(RunDir(tmp_path))
+    rows = list(csv.DictReader((tmp_path / RunDir.SKIPPED).open()))
     assert len(rows) == 4 and all(r["reason"] for r in rows)
     # The pipeline then reads every remaining file without error.
     n = sum(int(x.shape[0]) for x, _ in data.pipeline(d, "train", _cfg(root), SIZE, 0, training=True))
@@ -203,16 +205,12 @@ def _jpeg(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("size,expected", [(64, (75, 125)), (80, (150, 250)), (300, (300, 500)), (301, (600, 1000))])
 def test_large_jpegs_decode_at_the_smallest_dct_scale_that_keeps_the_input_size(size, expected):
-    from tf_transfer import images
-
     decoded = images.decode_jpeg_at_least(_jpeg(1000, 600), size)
     assert tuple(decoded.shape[:2]) == expected
 
 
 def test_dct_scaled_decoding_matches_full_decoding_closely_and_png_is_unchanged():
     import tensorflow as tf
-
-    from tf_transfer import images
 
     blob = _jpeg(1000, 600)
     scaled = images.decode_and_resize(blob, 64).numpy().astype(int)
@@ -234,10 +232,10 @@ def test_auto_cache_picks_memory_then_disk_then_nothing(tmp_path, monkeypatch, s
     assert data.cache_place("none", d, SIZE) == "none"
     monkeypatch.setattr(data, "_available_memory", lambda: needed)  # more than half of it is needed
     on_disk = data.cache_place("auto", d, SIZE)
-    assert on_disk.startswith(str(demo.cache_home())) and on_disk.endswith("images")
+    assert on_disk.startswith(str(cache_home())) and on_disk.endswith("images")
     ds = data.pipeline(d, "train", DataConfig(source=str(shapes_dir), image_size=SIZE, cache="auto"), SIZE, 0)
     assert sum(int(x.shape[0]) for x, _ in ds) == len(d.splits["train"])
-    assert any((demo.cache_home() / "images").iterdir()), "the auto cache wrote nothing to disk"
+    assert any((cache_home() / "images").iterdir()), "the auto cache wrote nothing to disk"
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(needed, needed, needed // 2))
     assert data.cache_place("auto", d, SIZE) == "none"

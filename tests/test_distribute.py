@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_transfer import distribute, export
+from tf_transfer.folders import RunDir
+from tf_transfer.serving import savedmodel
+from tf_transfer.training import distribute
 
 from .conftest import SIZE, history_lines, interrupt_when, only_run_dir
 
@@ -54,17 +56,18 @@ def test_precision_and_tpu_paths(tmp_path):
 
 
 def test_mixed_float16_keeps_a_float32_head_and_a_float32_export(tmp_path):
-    from tf_transfer import backbones
-    from tf_transfer import model as model_lib
     from tf_transfer._keras import keras
     from tf_transfer.config import ModelConfig
+    from tf_transfer.models import backbones
+    from tf_transfer.models import classifier as model_lib
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = model_lib.build_classifier(backbones.build("mobilenet_v2_0.35", "none", SIZE), 3, ModelConfig())
         assert model.get_layer("backbone").compute_dtype == "float16"
         assert model.get_layer("head").layers[-1].compute_dtype == "float32" and model.output.dtype == tf.float32
-        path = export.export_classifier(model, ["a", "b", "c"], SIZE, tmp_path, "m", {}, {})
+        spec = savedmodel.ExportSpec(["a", "b", "c"], SIZE, {}, {})
+        path = savedmodel.export_classifier(model, spec, tmp_path, "m")
     finally:
         keras.mixed_precision.set_global_policy("float32")
     fn = tf.saved_model.load(str(path)).signatures["serving_pixels"]
@@ -79,14 +82,15 @@ MIRRORED = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tf_transfer import config as config_lib, train
+    from tf_transfer import config as config_lib
+    from tf_transfer.workflows import recipe
     base = config_lib.Config().replace(**{
         "runs_dir": sys.argv[2], "data.source": sys.argv[1], "data.image_size": 64, "data.augment": False,
         "model.dropout": 0.0, "phase1.epochs": 2, "phase2.epochs": 1, "phase1.patience": 0,
         "phase2.patience": 0, "export.enabled": False, "evaluation.report": False, "phase2.unfreeze": "10"})
     out = {}
     for name, strategy, batch in (("default", "default", 16), ("mirrored", "mirrored", 8)):
-        r = train.run(base.replace(**{"name": name, "runtime.strategy": strategy, "data.batch_size": batch}))
+        r = recipe.run(base.replace(**{"name": name, "runtime.strategy": strategy, "data.batch_size": batch}))
         head = r.model.get_layer("head").get_layer("probabilities").kernel.numpy()
         out[name] = {"val_loss": r.metrics["val"]["loss"], "head": head.tolist(),
                      "replicas": r.model.distribute_strategy.num_replicas_in_sync}
@@ -123,12 +127,12 @@ def test_two_worker_processes_train_together_and_only_the_chief_exports(shapes_d
     assert "Strategy: multiworker, 2 replica(s) on 2 worker(s); global batch 16" in proc.stdout
     assert "Input sharding: by file" in proc.stdout
     (run_dir,) = (tmp_path / "runs" / "mw").iterdir()
-    chief = _arrays(run_dir / "checkpoints" / "final.weights.h5")
-    worker = _arrays(run_dir / "workers" / "worker-1" / "final.weights.h5")
+    chief = _arrays(RunDir(run_dir).weights_file("final"))
+    worker = _arrays(RunDir(run_dir, chief=False, worker=1).weights_file("final"))
     assert chief.keys() == worker.keys()
     assert all(np.array_equal(chief[k], worker[k]) for k in chief)  # identical weights on both workers
     assert sorted(p.name for p in (tmp_path / "saved_models" / "mw").iterdir()) == ["1"]  # one export
-    assert (run_dir / "worker-1.log").is_file() and (run_dir / "metrics.json").is_file()
+    assert RunDir(run_dir, chief=False, worker=1).log_file.is_file() and RunDir(run_dir).metrics_file.is_file()
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(shapes_dir, tmp_path):
@@ -143,7 +147,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(shapes_dir, tmp_path):
     assert code == 143, out[-3000:]
     assert "Pre-empted. SIGTERM: saved the training state" in out
     last = history_lines(run_dir)[-1]["epoch"]
-    backup = run_dir / "checkpoints" / "backup_phase2"
+    backup = RunDir(run_dir).backup_dir(2)
     assert any(backup.rglob("*.index"))
     # A kill in the middle of the next checkpoint write leaves partial files behind: they must not matter.
     checkpoint_dir = next(p.parent for p in backup.rglob("checkpoint"))
@@ -152,7 +156,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(shapes_dir, tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "tf_transfer.train", "--resume", str(run_dir)],
                              capture_output=True, text=True, env=ENV, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    history = json.loads((run_dir / "history.json").read_text())["epochs"]
+    history = RunDir(run_dir).history()["epochs"]
     assert [e["epoch"] for e in history] == list(range(1, 32))
     new = history_lines(run_dir)[len(history_lines(run_dir)) - (31 - last):]
     assert new[0]["epoch"] == last + 1 and all(e["phase"] == 2 for e in new)

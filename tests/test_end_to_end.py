@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from tf_transfer import config as config_lib
-from tf_transfer import data, export, images
+from tf_transfer.data import datasets, images
+from tf_transfer.errors import ExportError
+from tf_transfer.folders import ModelDir, RunDir
+from tf_transfer.serving import savedmodel
 
 
 def test_test_accuracy_is_high(trained_run):
@@ -23,26 +26,30 @@ def test_test_accuracy_is_high(trained_run):
 
 
 def test_run_folder_is_self_describing(trained_run):
-    run = trained_run.run_dir
-    for name in ("config.json", "versions.json", "split_manifest.csv", "data_summary.json", "skipped_files.csv",
-                 "history.json", "metrics.json", "run.log", "export_path.txt"):
-        assert (run / name).is_file(), name
-    assert config_lib.load(run / "config.json") == trained_run.config
-    history = json.loads((run / "history.json").read_text())
+    run = RunDir(trained_run.run_dir)
+    for name in (RunDir.CONFIG, RunDir.VERSIONS, RunDir.SPLIT_MANIFEST, RunDir.DATA_SUMMARY, RunDir.SKIPPED,
+                 RunDir.HISTORY, RunDir.METRICS, RunDir.LOG, RunDir.EXPORT_PATH):
+        assert (run.path / name).is_file(), name
+    assert config_lib.load(run.config_file) == trained_run.config
+    history = run.history()
     assert history["phase_boundary"] == 6
     assert [e["phase"] for e in history["epochs"]] == [1] * 6 + [2] * 3
-    assert any((run / "tensorboard").rglob("events.out.tfevents.*"))
-    assert "Phase 2 (fine-tuning)" in (run / "run.log").read_text()
+    assert [(s["name"], s["first_epoch"], s["last_epoch"]) for s in history["stages"]] == [
+        ("phase1", 1, 6), ("phase2", 7, 9)]
+    assert any(run.tensorboard_dir.rglob("events.out.tfevents.*"))
+    assert "Phase 2 (fine-tuning)" in run.log_file.read_text()
+    assert run.export_path() == trained_run.export_path
 
 
 def test_export_layout(trained_run):
     path = trained_run.export_path
     assert path.name == "1" and path.parent.name == "shapes"
-    assert (path / "labels.txt").read_text().splitlines() == trained_run.class_names
-    assert json.loads((path / "config.json").read_text())["name"] == "shapes"
-    metrics = json.loads((path / "metrics.json").read_text())
+    assert (path / ModelDir.LABELS).read_text().splitlines() == trained_run.class_names
+    assert json.loads((path / ModelDir.CONFIG).read_text())["name"] == "shapes"
+    metrics = json.loads((path / ModelDir.METRICS).read_text())
     assert metrics["test"]["accuracy"] == trained_run.metrics["test"]["accuracy"]
-    assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
+    assert (path / ModelDir.SAVED_MODEL).is_file() and (path / "variables").is_dir()
+    assert ModelDir(path.parent).versions() == [1] and not list(path.parent.glob(".*"))  # no staging left
 
 
 RELOAD = textwrap.dedent("""
@@ -57,7 +64,7 @@ RELOAD = textwrap.dedent("""
 
 
 def test_export_reloads_in_a_subprocess_and_predicts_like_the_model(trained_run):
-    images_data = data.load_manifest(trained_run.run_dir)
+    images_data = datasets.load_split(RunDir(trained_run.run_dir))
     files = [e.key for e in images_data.splits["test"]]
     out = subprocess.run([sys.executable, "-c", RELOAD, str(trained_run.export_path)], input=json.dumps(files),
                          capture_output=True, text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -88,19 +95,22 @@ def test_saved_model_cli_lists_the_bytes_signature(trained_run):
 
 def test_versions_never_overwritten_and_failed_export_leaves_nothing(trained_run, tmp_path):
     root = tmp_path / "exports"
-    kwargs = dict(class_names=trained_run.class_names, image_size=64, export_root=root, name="m", metrics={})
-    first = export.export_classifier(trained_run.model, config={}, **kwargs)
-    second = export.export_classifier(trained_run.model, config={}, **kwargs)
+
+    def export(config):
+        spec = savedmodel.ExportSpec(trained_run.class_names, 64, config, {})
+        return savedmodel.export_classifier(trained_run.model, spec, root, "m")
+
+    first, second = export({}), export({})
     assert (first.name, second.name) == ("1", "2")
     with pytest.raises(TypeError):  # fails after the SavedModel is written: config is not JSON
-        export.export_classifier(trained_run.model, config={"bad": object()}, **kwargs)
+        export({"bad": object()})
     assert sorted(p.name for p in (root / "m").iterdir()) == ["1", "2"]
 
 
 def test_verify_cli_detects_a_tampered_export(trained_run, tmp_path):
     copy = tmp_path / "copy" / "1"
     shutil.copytree(trained_run.export_path, copy)
-    assert export.verify_in_subprocess(copy)["ok"]
-    (copy / "labels.txt").write_text("a\nb\nc\n")
-    with pytest.raises(export.ExportError, match="does not reproduce"):
-        export.verify_in_subprocess(copy)
+    assert savedmodel.verify_in_subprocess(copy)["ok"]
+    (copy / ModelDir.LABELS).write_text("a\nb\nc\n")
+    with pytest.raises(ExportError, match="does not reproduce"):
+        savedmodel.verify_in_subprocess(copy)

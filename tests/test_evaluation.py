@@ -1,6 +1,5 @@
 """Evaluation metrics, plots, the HTML report, the scratch baseline and the evaluate CLI."""
 
-import json
 import re
 import subprocess
 import sys
@@ -9,8 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_transfer import demo, evaluate, plots, report
-from tf_transfer.sources import DataError
+from tf_transfer.data import demo
+from tf_transfer.errors import DataError
+from tf_transfer.evaluation import metrics as evaluate
+from tf_transfer.evaluation import plots
+from tf_transfer.folders import RunDir
+from tf_transfer.workflows import evaluation
 
 CLASSES = ["a", "b", "c"]
 # 6 examples; class "c" is never predicted.
@@ -88,36 +91,38 @@ def test_every_plot_renders_to_a_png(tmp_path):
 
 
 def test_run_report_has_every_section_and_no_network(trained_run):
-    run = trained_run.run_dir
-    html = (run / "report.html").read_text()
+    run = RunDir(trained_run.run_dir)
+    html = run.report_file.read_text()
     for section in ("Summary", "Metrics (test)", "Plots", "Data", "Skipped files", "Export", "Config"):
         assert f"<h2>{section}</h2>" in html
     assert "from scratch, same budget" in html and "phase 1 (frozen backbone)" in html
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing fetched from the network
     assert html.count("data:image/png;base64,") == 6
     for name in ("curves", "confusion_matrix", "per_class_f1", "samples", "worst_mistakes", "class_distribution"):
-        assert (run / "plots" / f"{name}.png").stat().st_size > 2000
-    assert "macro avg" in (run / "metrics.txt").read_text()
+        assert (run.plots_dir / f"{name}.png").stat().st_size > 2000
+    assert "macro avg" in (run.path / RunDir.METRICS_TEXT).read_text()
 
 
 def test_baseline_and_phase_comparison_are_reported(trained_run):
-    m = json.loads((trained_run.run_dir / "metrics.json").read_text())
+    run = RunDir(trained_run.run_dir)
+    m = run.read_json(RunDir.METRICS)
     assert m["baseline_scratch"]["test"]["accuracy"] is not None
     assert m["phase1"]["test"]["accuracy"] is not None and m["test"]["accuracy"] is not None
     assert m["test"]["accuracy"] > m["baseline_scratch"]["test"]["accuracy"]
-    assert (trained_run.run_dir / "baseline_scratch" / "metrics.json").is_file()
+    assert run.baseline().metrics_file.is_file()
 
 
 def test_evaluate_export_on_a_folder_matches_classes_by_name(trained_run, tmp_path):
     folder = demo.write_shapes(tmp_path / "new", classes=("triangle", "circle"), per_class=6, size=64, seed=7)
-    out = report.evaluate_export(str(trained_run.export_path.parent), str(folder), output=str(tmp_path / "eval"))
-    m = json.loads((out / "metrics.json").read_text())
+    out = RunDir(evaluation.evaluate_export(str(trained_run.export_path.parent), str(folder),
+                                            output=str(tmp_path / "eval")))
+    m = out.read_json(RunDir.METRICS)
     assert m["num_examples"] == 12 and m["per_class"]["square"]["support"] == 0
     assert m["per_class"]["triangle"]["support"] == 6 and m["accuracy"] >= 0.8
-    assert (out / "report.html").is_file() and (out / "plots" / "confusion_matrix.png").is_file()
+    assert out.report_file.is_file() and (out.plots_dir / "confusion_matrix.png").is_file()
     bad = demo.write_shapes(tmp_path / "bad", classes=("circle", "ring"), per_class=3, size=64)
     with pytest.raises(DataError, match=r"classes ring .* are not classes of the model"):
-        report.evaluate_export(str(trained_run.export_path.parent), str(bad), output=str(tmp_path / "e2"))
+        evaluation.evaluate_export(str(trained_run.export_path.parent), str(bad), output=str(tmp_path / "e2"))
 
 
 def test_evaluate_cli(trained_run, tmp_path):
@@ -126,4 +131,4 @@ def test_evaluate_cli(trained_run, tmp_path):
                            "--data", str(folder), "--output", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Report:" in proc.stdout and (tmp_path / "out" / "metrics.txt").is_file()
+    assert "Report:" in proc.stdout and (tmp_path / "out" / RunDir.METRICS_TEXT).is_file()

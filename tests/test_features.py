@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_config
+from tf_transfer.folders import ModelDir
 
 SMALL = 32  # the smallest MobileNetV2 input: these tests only need some features
 
 
 def _setup(tmp_path: Path, source: Path, **overrides):
     """A config, its prepared data and a classifier for it (nothing trained)."""
-    from tf_transfer import backbones, data
-    from tf_transfer import model as model_lib
+    from tf_transfer.data import datasets as data
+    from tf_transfer.models import backbones
+    from tf_transfer.models import classifier as model_lib
 
     config = make_config(tmp_path, str(source), **{"data.image_size": SMALL, **overrides})
     images = data.prepare(config.data, config.seed)
@@ -27,7 +29,7 @@ def _setup(tmp_path: Path, source: Path, **overrides):
 
 
 def _ensure(config, images, model, root: Path, split="train", views=1):
-    from tf_transfer import features
+    from tf_transfer.training import features
 
     return features.ensure(model, config, images, split, config.data.image_size, root, views, 16)
 
@@ -35,14 +37,16 @@ def _ensure(config, images, model, root: Path, split="train", views=1):
 def test_head_on_cached_features_matches_live_training_and_export(shapes_dir, tmp_path):
     import tensorflow as tf
 
-    from tf_transfer import data, outputs, train
+    from tf_transfer.data import datasets
+    from tf_transfer.folders import RunDir
+    from tf_transfer.workflows import images, recipe
 
     results = {}
     for mode in ("off", str(tmp_path / "features")):
         config = make_config(tmp_path / ("live" if mode == "off" else "cached"), str(shapes_dir), **{
             "phase1.feature_cache": mode, "data.augment": False, "model.dropout": 0.0,
             "phase1.epochs": 3, "phase2.epochs": 0, "evaluation.report": False})
-        results[mode] = train.run(config)
+        results[mode] = recipe.run(config)
     live, cached = results.values()
     assert list((tmp_path / "features").iterdir()), "the cached run wrote no feature cache"
     heads = [r.model.get_layer("head").get_weights() for r in (live, cached)]
@@ -50,14 +54,14 @@ def test_head_on_cached_features_matches_live_training_and_export(shapes_dir, tm
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert [round(h["loss"], 4) for h in live.history] == [round(h["loss"], 4) for h in cached.history]
 
-    samples = outputs.sample_bytes(data.load_manifest(cached.run_dir), "test")
+    samples = images.sample_bytes(datasets.load_split(RunDir(cached.run_dir)), "test")
     outputs = []
     for result in (live, cached):
         loaded = tf.saved_model.load(str(result.export_path))
         outputs.append(loaded.signatures["serving_default"](image_bytes=tf.constant(samples)))
     np.testing.assert_allclose(outputs[0]["scores"].numpy(), outputs[1]["scores"].numpy(), atol=1e-4)
     assert (outputs[0]["classes"].numpy() == outputs[1]["classes"].numpy()).all()
-    labels = [(r.export_path / "labels.txt").read_text() for r in (live, cached)]
+    labels = [(r.export_path / ModelDir.LABELS).read_text() for r in (live, cached)]
     assert labels[0] == labels[1]
 
 
@@ -90,7 +94,7 @@ def test_second_run_reuses_and_any_input_change_rebuilds(shapes_dir, tmp_path):
 
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate", "no_manifest"])
 def test_corrupted_or_partial_cache_is_rebuilt_not_used(shapes_dir, tmp_path, damage, caplog):
-    from tf_transfer import features
+    from tf_transfer.training import features
 
     root = tmp_path / "features"
     config, images, model = _setup(tmp_path, shapes_dir)
@@ -105,7 +109,7 @@ def test_corrupted_or_partial_cache_is_rebuilt_not_used(shapes_dir, tmp_path, da
         records.write_bytes(original[: len(original) // 2])
     else:
         (good.path / features.MANIFEST).unlink()
-    with caplog.at_level(logging.WARNING, logger="tf_transfer.features"):
+    with caplog.at_level(logging.WARNING, logger="tf_transfer.training.features"):
         again = _ensure(config, images, model, root)
     assert again.built and again.path == good.path
     assert "rebuilding" in caplog.text and str(good.path) in caplog.text
@@ -115,7 +119,7 @@ def test_corrupted_or_partial_cache_is_rebuilt_not_used(shapes_dir, tmp_path, da
 
 
 def test_augmented_views_are_cached_and_each_epoch_draws_one_per_image(shapes_dir, tmp_path):
-    from tf_transfer import features
+    from tf_transfer.training import features
 
     config, images, model = _setup(tmp_path, shapes_dir)
     fs = _ensure(config, images, model, tmp_path / "features", views=3)
@@ -130,7 +134,7 @@ def test_augmented_views_are_cached_and_each_epoch_draws_one_per_image(shapes_di
 
 
 def test_plan_turns_the_cache_on_only_where_it_saves_work(tmp_path):
-    from tf_transfer import features
+    from tf_transfer.training import features
 
     def plan(workers=1, kind="default", **overrides):
         return features.plan(make_config(tmp_path, "demo", **overrides), workers, kind)
@@ -155,12 +159,12 @@ def test_feature_views_must_be_positive(tmp_path):
 
 @pytest.mark.slow
 def test_phase1_on_cached_features_is_preempted_and_resumes_where_it_stopped(shapes_dir, tmp_path):
-    import json
     import signal
     import subprocess
     import sys
 
     from tests.conftest import history_lines, interrupt_when, only_run_dir
+    from tf_transfer.folders import RunDir
 
     args = [sys.executable, "-m", "tf_transfer.train", "--data", str(shapes_dir), "--name", "p1",
             "--runs-dir", str(tmp_path / "runs"), "--image-size", "32", "--batch-size", "8", "--no-augment",
@@ -177,7 +181,7 @@ def test_phase1_on_cached_features_is_preempted_and_resumes_where_it_stopped(sha
                              capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Feature cache: reusing" in resumed.stdout  # the features were not computed again
-    epochs = json.loads((run_dir / "history.json").read_text())["epochs"]
+    epochs = RunDir(run_dir).history()["epochs"]
     assert [e["epoch"] for e in epochs] == list(range(1, 42))
     assert [e["phase"] for e in epochs] == [1] * 40 + [2]
     assert history_lines(run_dir)[last]["epoch"] == last + 1  # phase 1 went on after the last saved epoch

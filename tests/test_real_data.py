@@ -2,7 +2,7 @@
 
 import pytest
 
-from tf_transfer import train
+from tf_transfer.workflows import recipe
 
 from .conftest import CIFAR, SHARED_WEIGHTS, make_config, needs_shared
 
@@ -31,7 +31,7 @@ def test_imagenet_weights_beat_random_init_on_real_photos(tmp_path):
         "data.image_size": 96, "data.val_fraction": 0.1, "model.weights": str(SHARED_WEIGHTS),
         "phase1.epochs": 4, "phase2.epochs": 3, "phase2.unfreeze": "30", "export.enabled": False,
         "evaluation.baseline": "scratch", "evaluation.report": False})
-    metrics = train.run(config).metrics
+    metrics = recipe.run(config).metrics
     transfer, phase1 = metrics["test"]["accuracy"], metrics["phase1"]["test"]["accuracy"]
     scratch = metrics["baseline_scratch"]["test"]["accuracy"]
     print(f"cifar10_small subset: phase 1 {phase1:.3f}, phase 2 {transfer:.3f}, from scratch {scratch:.3f}")

@@ -20,14 +20,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tf_transfer import data, export, images, serve, serving, signatures, tflite
+from tf_transfer import serving
+from tf_transfer.data import datasets, images
+from tf_transfer.folders import ModelDir, RunDir
+from tf_transfer.serving import savedmodel, signatures, tflite
+from tf_transfer.serving import server as serve
 
 from .test_end_to_end import _saved_model_cli
 
 
 @pytest.fixture(scope="module")
 def test_files(trained_run):
-    return [e.key for e in data.load_manifest(trained_run.run_dir).splits["test"]]
+    return [e.key for e in datasets.load_split(RunDir(trained_run.run_dir)).splits["test"]]
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +237,7 @@ def test_warmup_records_parse_and_run(trained_run):
     from tensorflow_serving.apis import prediction_log_pb2
 
     loaded = tf.saved_model.load(str(trained_run.export_path))
-    records = list(tf.data.TFRecordDataset(str(trained_run.export_path / export.WARMUP_FILE)).as_numpy_iterator())
+    records = list(tf.data.TFRecordDataset(str(trained_run.export_path / ModelDir.WARMUP)).as_numpy_iterator())
     assert len(records) == 2
     for record in records:
         entry = prediction_log_pb2.PredictionLog.FromString(record)
@@ -245,10 +249,10 @@ def test_warmup_records_parse_and_run(trained_run):
 
 
 def test_models_config_and_serving_commands(trained_run, tmp_path):
-    docker, local_config = export.write_models_config(trained_run.export_path.parent.parent)
+    docker, local_config = savedmodel.write_models_config(trained_run.export_path.parent.parent)
     assert 'name: "shapes"' in docker.read_text() and 'base_path: "/models/shapes"' in docker.read_text()
     assert str(trained_run.export_path.parent.resolve()) in local_config.read_text()
-    commands = export.serving_commands(trained_run.export_path)
+    commands = savedmodel.serving_commands(trained_run.export_path)
     assert "tensorflow/serving" in commands["docker"] and "MODEL_NAME=shapes" in commands["docker"]
     assert "--model_base_path=" in commands["tensorflow_model_server"]
 
@@ -257,9 +261,9 @@ def test_tflite_top1_matches_the_saved_model(trained_run, local, test_files):
     raw = [Path(f).read_bytes() for f in test_files]
     expected = [p.top_classes[0] for p in local.predict(raw)]
     pixels = np.stack([images.decode_and_resize(tf.constant(b), 64).numpy() for b in raw])
-    names = (trained_run.export_path / "tflite" / "labels.txt").read_text().splitlines()
+    names = (trained_run.export_path / ModelDir.TFLITE_LABELS).read_text().splitlines()
     for variant, min_agreement in (("model.tflite", 1.0), ("model_int8.tflite", 0.9)):
-        scores = tflite.predict(trained_run.export_path / "tflite" / variant, pixels)
+        scores = tflite.predict(trained_run.export_path / ModelDir.TFLITE / variant, pixels)
         agreement = np.mean([names[i] == e for i, e in zip(scores.argmax(-1), expected, strict=True)])
         assert agreement >= min_agreement, (variant, agreement)
 

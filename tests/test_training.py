@@ -1,6 +1,5 @@
 """Two-phase training: what each phase trains, hub backbones, and resuming a killed run."""
 
-import json
 import os
 import subprocess
 import sys
@@ -8,10 +7,12 @@ import sys
 import numpy as np
 import pytest
 
-from tf_transfer import backbones, train
-from tf_transfer import model as model_lib
 from tf_transfer._keras import keras
 from tf_transfer.config import ModelConfig
+from tf_transfer.folders import RunDir
+from tf_transfer.models import backbones
+from tf_transfer.models import classifier as model_lib
+from tf_transfer.workflows import recipe
 
 from .conftest import SIZE, history_lines, interrupt_when, make_config, only_run_dir
 
@@ -28,7 +29,7 @@ def _classifier(train_bn=False):
 def test_phase1_leaves_backbone_bit_identical_phase2_only_unfrozen(trained_run):
     reference = _by_name(backbones.build("mobilenet_v2_0.35", "imagenet", SIZE).layer)
     phase1 = _classifier()
-    phase1.load_weights(str(trained_run.run_dir / "checkpoints" / train.PHASE1_WEIGHTS))
+    RunDir(trained_run.run_dir).load_weights(phase1, "phase1_final")
     after1 = _by_name(phase1.get_layer("backbone"))
     assert after1.keys() == reference.keys()
     assert all(np.array_equal(after1[k], reference[k]) for k in reference)
@@ -109,7 +110,7 @@ def test_hub_handle_backbone_is_fine_tuned_in_phase2(hub_handle, shapes_dir, tmp
     config = make_config(tmp_path, str(shapes_dir), name="hub", **{
         "model.backbone": f"hub:{hub_handle}", "phase1.epochs": 1, "phase2.epochs": 2, "phase2.unfreeze": "all",
         "phase2.learning_rate": 0.01})
-    result = train.run(config)
+    result = recipe.run(config)
     original = keras.models.load_model(str(hub_handle))
     start = {w.name.split("/")[-2] + "/" + w.name.split("/")[-1]: w.numpy() for w in original.weights}
 
@@ -118,7 +119,7 @@ def test_hub_handle_backbone_is_fine_tuned_in_phase2(hub_handle, shapes_dir, tmp
                 for w in model.get_layer("backbone").weights}
 
     phase1 = model_lib.build_classifier(backbones.build(f"hub:{hub_handle}", "", SIZE), 3, ModelConfig())
-    phase1.load_weights(str(result.run_dir / "checkpoints" / train.PHASE1_WEIGHTS))
+    RunDir(result.run_dir).load_weights(phase1, "phase1_final")
     assert all(np.array_equal(v, start[k]) for k, v in hub_weights(phase1).items())
     final = hub_weights(result.model)
     assert not np.array_equal(final["conv1/kernel:0"], start["conv1/kernel:0"])
@@ -136,8 +137,8 @@ def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
     interrupt_when(args, lambda: sum(e["phase"] == 2 for e in history_lines(only_run_dir(runs))) >= 2,
                    tmp_path / "killed.log")
     run_dir = only_run_dir(runs)
-    state = json.loads((run_dir / "state.json").read_text())
-    assert state["phase1_done"] and state["phase"] == 2
+    state = RunDir(run_dir).state()
+    assert state["done"]["phase1"] == 2 and state["phase"] == 2 and "phase2" not in state["done"]
     lines_before = len(history_lines(run_dir))
 
     out = subprocess.run([sys.executable, "-m", "tf_transfer.train", "--resume", str(run_dir)],
@@ -147,7 +148,7 @@ def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
     new = history_lines(run_dir)[lines_before:]
     assert new and all(e["phase"] == 2 for e in new)  # phase 1 did not run again
     assert new[0]["epoch"] == state["last_epoch"] + 1  # continues after the last checkpoint
-    history = json.loads((run_dir / "history.json").read_text())
+    history = RunDir(run_dir).history()
     assert [e["epoch"] for e in history["epochs"]] == list(range(1, 28))
     assert history["phase_boundary"] == 2
     assert "SavedModel:" in out.stdout and "test split (final model)" in out.stdout
@@ -157,8 +158,8 @@ def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
                            timeout=300)
     assert whole.returncode == 0, whole.stdout[-2000:]
     (whole_dir,) = (tmp_path / "runs" / "uninterrupted").iterdir()
-    resumed_m = json.loads((run_dir / "metrics.json").read_text())
-    whole_m = json.loads((whole_dir / "metrics.json").read_text())
+    resumed_m = RunDir(run_dir).read_json(RunDir.METRICS)
+    whole_m = RunDir(whole_dir).read_json(RunDir.METRICS)
     def correct(m):  # over val and test together (30 images), to keep one image from deciding
         return sum(c["correct"] for split in ("val", "test") for c in m[split]["per_class"].values())
 
@@ -175,7 +176,7 @@ def test_cli_reports_a_data_error_without_traceback(tmp_path):
 def test_keras_batch_timing_warning_is_hidden_only_while_fitting():
     import logging
 
-    from tf_transfer import callbacks as cb
+    from tf_transfer.training import callbacks as cb
 
     seen = []
     handler = logging.Handler()

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from tf_transfer import config as config_lib
-from tf_transfer import train, tune
+from tf_transfer.workflows import recipe
+from tf_transfer.workflows import tuning as tune
 
 from .conftest import interrupt_when
 
@@ -41,7 +42,7 @@ def test_search_runs_both_phases_and_the_best_config_reproduces(shapes_dir, tmp_
     assert (directory / "hyperparameters.png").stat().st_size > 2000
     best = config_lib.load(directory / "best_config.json")
     assert best.export.enabled and best.phase2.unfreeze in ("10", "20")
-    reproduced = train.run(best.replace(**{"runs_dir": str(tmp_path / "again"), "export.enabled": False,
+    reproduced = recipe.run(best.replace(**{"runs_dir": str(tmp_path / "again"), "export.enabled": False,
                                            "evaluation.report": False}))
     assert reproduced.metrics["val"]["accuracy"] == pytest.approx(rows[0]["val_accuracy"], abs=0.04)
 

@@ -9,9 +9,13 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from tf_transfer import config as config_lib
+from tf_transfer import logs
+from tf_transfer.errors import TransferError
 
 
 def flag_name(path: str, f) -> str:
@@ -49,21 +53,8 @@ def config_from_args(args: argparse.Namespace) -> config_lib.Config:
 
 
 def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> logging.Handler | None:
-    """Log tf_transfer messages to stdout (and to log_file, if given; returns that file's handler)."""
-    root = logging.getLogger("tf_transfer")
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not any(getattr(h, "_tf_transfer_console", False) for h in root.handlers):
-        console = logging.StreamHandler(sys.stdout)
-        console.setFormatter(logging.Formatter("%(message)s"))
-        console._tf_transfer_console = True
-        root.addHandler(console)
-    root.propagate = False
-    if log_file is None:
-        return None
-    handler = logging.FileHandler(log_file)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    return handler
+    """Log tf_transfer messages to stdout (and to log_file, if given); see tf_transfer.logs."""
+    return logs.setup(log_file, verbose)
 
 
 def quiet_tensorflow() -> None:
@@ -71,10 +62,23 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print a user-facing error and exit with status 2 (as argparse does)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def run_command(body: Callable[[], int | None]) -> int:
+    """Run a command's body: a TransferError (a problem the user can fix) is printed as one line,
+    without a traceback, and gives exit status 2; Ctrl-C gives 130."""
+    try:
+        return body() or 0
+    except TransferError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def flags_markdown() -> str:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tf_transfer import folders
+from tf_transfer.errors import ConfigError
+
 TFLITE_VARIANTS = ("float", "dynamic", "float16", "int8")
-
-
-class ConfigError(ValueError):
-    """A configuration value or file is not what tf_transfer expects."""
+__all__ = ["Config", "ConfigError", "from_dict", "leaves", "load"]
 
 
 def _opt(default: Any, help: str, flag: str | None = None, choices: tuple | None = None,
@@ -162,15 +162,11 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        folders.write_text(path, self.to_json() + "\n")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with top-level fields or dotted leaves ('phase1.epochs') changed."""
         return apply_overrides(self, changes)
-
-    @property
-    def phase2_learning_rate(self) -> float:
-        return self.phase2.learning_rate or self.phase1.learning_rate / 10
 
 
 def _field_type(cls: type, f: dataclasses.Field) -> type:

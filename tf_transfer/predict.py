@@ -11,9 +11,11 @@ reported and skipped; folders are processed in batches with a progress bar.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections.abc import Sequence
+
+from tf_transfer import cli, folders
+from tf_transfer.errors import DataError
 
 
 def _progress(done: int, total: int) -> None:
@@ -35,29 +37,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="with --server: seconds per request")
     parser.add_argument("--output", metavar="CSV", help="also write path,rank,class,score rows to this file")
     args = parser.parse_args(argv)
-    from tf_transfer import cli
+    if args.server and not args.model:
+        parser.error("--server needs --model NAME")
+    return cli.run_command(lambda: _predict(args))
 
+
+def _predict(args) -> int:
     cli.quiet_tensorflow()
-    from tf_transfer import export, serving
+    from tf_transfer.serving import clients
 
     if args.server:
-        if not args.model:
-            cli.fail("--server needs --model NAME")
-        model = serving.client_for(args.server, args.model, version=args.version, timeout=args.timeout)
-        paths = serving.expand_inputs(args.inputs)
+        model = clients.client_for(args.server, args.model, version=args.version, timeout=args.timeout)
+        paths = clients.expand_inputs(args.inputs)
     else:
-        try:
-            model = serving.LocalModel(args.inputs[0])
-        except export.ExportError as e:
-            cli.fail(str(e))
-        paths = serving.expand_inputs(args.inputs[1:])
+        model = clients.LocalModel(args.inputs[0])
+        paths = clients.expand_inputs(args.inputs[1:])
     if not paths:
-        cli.fail("no image files given")
-    try:
-        results = serving.predict_files(model, paths, args.batch_size,
-                                        progress=_progress if len(paths) > args.batch_size else None)
-    except serving.ServingError as e:
-        cli.fail(str(e))
+        raise DataError("no image files given; expected image files or folders after the model")
+    results = clients.predict_files(model, paths, args.batch_size,
+                                    progress=_progress if len(paths) > args.batch_size else None)
     rows = []
     for r in results:
         if r.error:
@@ -70,10 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if skipped:
         print(f"{skipped} of {len(results)} images could not be read and were skipped", file=sys.stderr)
     if args.output:
-        with open(args.output, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "rank", "class", "score"])
-            writer.writerows(rows)
+        folders.write_csv(args.output, [["path", "rank", "class", "score"], *rows])
     return 0
 
 

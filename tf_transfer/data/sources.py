@@ -8,7 +8,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tf_transfer.errors import DataError
+
 log = logging.getLogger(__name__)
+__all__ = ["SPLITS", "Catalog", "DataError", "Example", "resolve"]
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {
@@ -16,10 +19,6 @@ _SPLIT_ALIASES = {
     "val": "val", "valid": "val", "validation": "val",
     "test": "test", "testing": "test",
 }
-
-
-class DataError(ValueError):
-    """The data cannot be used: the message names the problem and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +179,7 @@ def read_tfds(name: str, data_dir: str = "") -> Catalog:
 def resolve(source: str, tfds_data_dir: str = "") -> Catalog:
     """Dispatch on the source string: 'demo', 'tfds:NAME', 'csv:PATH', or a folder path."""
     if source == "demo":
-        from tf_transfer import demo
+        from tf_transfer.data import demo
 
         return scan_folder(demo.ensure_demo_dataset())
     if source.startswith("tfds:"):

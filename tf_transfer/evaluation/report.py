@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_transfer import evaluate, plots
+from tf_transfer.evaluation import plots
+from tf_transfer.evaluation.metrics import EPS, format_table
+from tf_transfer.folders import RunDir
 
 log = logging.getLogger(__name__)
 GRID = 12  # images per sample / worst-mistakes grid
@@ -32,13 +34,13 @@ def gather_images(dataset, indices: list[int]) -> np.ndarray:
 
 def worst_indices(labels: np.ndarray, probs: np.ndarray, count: int = GRID) -> list[int]:
     """The examples with the highest loss (misclassified first, as they have the highest loss)."""
-    loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], evaluate.EPS, 1.0))
+    loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], EPS, 1.0))
     return [int(i) for i in np.argsort(-loss)[:count]]
 
 
-def write_plots(out_dir: Path, class_names: list[str], m: dict, dataset, labels: np.ndarray, probs: np.ndarray,
+def write_plots(run: RunDir, class_names: list[str], m: dict, dataset, labels: np.ndarray, probs: np.ndarray,
                 history: list[dict] | None = None, boundary: int = 0, counts: dict | None = None) -> dict[str, Path]:
-    """Save every plot of a run or evaluation as PNG in out_dir/plots; returns {name: path}."""
+    """Save every plot of a run or evaluation as PNG in its plots folder; returns {name: path}."""
     figures = {
         "confusion_matrix": plots.confusion(m["confusion_matrix"], class_names),
         "per_class_f1": plots.per_class_f1(m),
@@ -54,7 +56,7 @@ def write_plots(out_dir: Path, class_names: list[str], m: dict, dataset, labels:
         worst = worst_indices(labels, probs)
         figures["worst_mistakes"] = plots.predictions_grid(gather_images(dataset, worst), labels[worst],
                                                            probs[worst], class_names, "highest-loss examples")
-    return {name: plots.save(fig, out_dir / "plots" / f"{name}.png") for name, fig in figures.items()}
+    return {name: plots.save(fig, run.plots_dir / f"{name}.png") for name, fig in figures.items()}
 
 
 def _img(path: Path) -> str:
@@ -98,7 +100,7 @@ def comparison_rows(metrics: dict) -> list[list]:
     return rows
 
 
-def write_report(out_dir: Path, title: str, split: str, m: dict, plot_paths: dict[str, Path], *,
+def write_report(run: RunDir, title: str, split: str, m: dict, plot_paths: dict[str, Path], *,
                  config: dict | None = None, data_summary: dict | None = None, skipped: dict | None = None,
                  all_metrics: dict | None = None, export_path: str | None = None) -> Path:
     """report.html with every section available; returns its path."""
@@ -106,7 +108,7 @@ def write_report(out_dir: Path, title: str, split: str, m: dict, plot_paths: dic
     if all_metrics:
         sections.append(("Summary", _table(["model", f"{split} accuracy", f"{split} log loss", "val accuracy"],
                                            comparison_rows(all_metrics))))
-    sections.append((f"Metrics ({split})", f"<pre>{html.escape(evaluate.format_table(m))}</pre>"))
+    sections.append((f"Metrics ({split})", f"<pre>{html.escape(format_table(m))}</pre>"))
     sections.append(("Plots", "".join(_img(p) for p in plot_paths.values())))
     if data_summary:
         counts = data_summary["counts"]
@@ -120,56 +122,5 @@ def write_report(out_dir: Path, title: str, split: str, m: dict, plot_paths: dic
         sections.append(("Export", f"<p>SavedModel: <code>{html.escape(str(export_path))}</code></p>"))
     if config:
         sections.append(("Config", f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>"))
-    path = out_dir / "report.html"
-    path.write_text(render(title, sections))
-    return path
-
-
-def evaluate_export(export: str, source: str, split: str = "all", output: str | None = None,
-                    batch_size: int = 32) -> Path:
-    """Evaluate an exported model on labelled data matched by class name; returns the output folder."""
-    import tensorflow as tf
-
-    from tf_transfer import data, images, sources
-    from tf_transfer import export as export_lib
-    from tf_transfer.config import DataConfig
-
-    path = export_lib.latest_version(export)
-    labels_file = path / "labels.txt"
-    if not labels_file.is_file():
-        raise export_lib.ExportError(f"{path} has no labels.txt; expected an export written by tf_transfer")
-    model_classes = labels_file.read_text().splitlines()
-    image_size = json.loads((path / "config.json").read_text())["resolved"]["image_size"]
-    catalog = sources.resolve(source)
-    unknown = sorted(set(catalog.class_names) - set(model_classes))
-    if unknown:
-        raise sources.DataError(f"classes {', '.join(unknown)} in {catalog.location} are not classes of the model "
-                                f"{path} (which knows {', '.join(model_classes)})")
-    parts = [s for s in catalog.partitions if split == "all" or s == split]
-    if not parts:
-        raise sources.DataError(f"{catalog.location} has no {split} split; it has {', '.join(catalog.partitions)}")
-    examples = [e for s in parts for e in catalog.partitions[s]]
-    skipped = dict(catalog.skipped)
-    if catalog.kind != "tfds":
-        skipped.update(images.find_unreadable([e.key for e in examples]))
-    remap = {i: model_classes.index(name) for i, name in enumerate(catalog.class_names)}
-    examples = [sources.Example(e.key, remap[e.label]) for e in examples if e.key not in skipped]
-    if not examples:
-        raise sources.DataError(f"no readable images to evaluate in {catalog.location}")
-    imgs = data.ImageData(model_classes, {"train": [], "val": [], "test": examples}, skipped, source, catalog.kind,
-                          catalog.tfds)
-    ds = data.pipeline(imgs, "test", DataConfig(cache="none", augment=False, batch_size=batch_size), image_size, 0)
-    fn = tf.saved_model.load(str(path)).signatures["serving_pixels"]
-    labels, probs = evaluate.predict(lambda x: fn(pixels=x)["scores"].numpy(), ds)
-    m = evaluate.metrics(labels, probs, model_classes)
-    out = Path(output) if output else Path("runs") / "evaluations" / \
-        f"{path.parent.name}-v{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
-    (out / "metrics.txt").write_text(evaluate.format_table(m, f"{path} on {source}") + "\n")
-    log.info("%s", evaluate.format_table(m, f"{path} on {source} ({len(examples)} images, {len(skipped)} skipped)"))
-    plot_paths = write_plots(out, model_classes, m, ds, labels, probs)
-    write_report(out, f"Evaluation of {path}", "eval", m, plot_paths, skipped=skipped,
-                 data_summary={"source": source, "counts": {n: {"test": m["per_class"][n]["support"]}
-                                                            for n in model_classes}}, export_path=str(path))
-    return out
+    run.write_text(RunDir.REPORT, render(title, sections))
+    return run.report_file

@@ -18,13 +18,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tf_transfer.errors import TransferError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 BYTES_INPUT = "image_bytes"
 
 
-class ServingError(RuntimeError):
+class ServingError(TransferError, RuntimeError):
     """A request could not be answered."""
 
 
@@ -207,9 +209,9 @@ class LocalModel:
     def __init__(self, path: str | Path):
         import tensorflow as tf
 
-        from tf_transfer import export
+        from tf_transfer import folders
 
-        self.path = export.latest_version(path)
+        self.path = folders.resolve_export(path)
         self._fn = tf.saved_model.load(str(self.path)).signatures[DEFAULT_SIGNATURE]
 
     def predict(self, images: Sequence[bytes], signature: str = DEFAULT_SIGNATURE) -> list[Prediction]:
@@ -218,7 +220,7 @@ class LocalModel:
         try:
             out = self._fn(**{BYTES_INPUT: tf.constant(list(images), tf.string)})
         except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
-            from tf_transfer.images import clean_error
+            from tf_transfer.data.images import clean_error
 
             raise BadRequest(clean_error(e)) from None
         out = {k: v.numpy() for k, v in out.items()}
@@ -272,7 +274,7 @@ def predict_files(model, paths: Sequence[str | Path], batch_size: int = 32,
 
 def expand_inputs(items: Iterable[str]) -> list[Path]:
     """Files as given, and every image file under given folders (sorted)."""
-    from tf_transfer.images import IMAGE_EXTENSIONS
+    from tf_transfer.data.images import IMAGE_EXTENSIONS
 
     out: list[Path] = []
     for item in items:

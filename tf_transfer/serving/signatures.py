@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_transfer import images
+from tf_transfer.data import images
 
 DEFAULT = "serving_default"
 PIXELS = "serving_pixels"

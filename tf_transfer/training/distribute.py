@@ -8,22 +8,22 @@ Multi-worker training is TensorFlow's own engine: tf_transfer only creates the s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import tensorflow as tf
+
+from tf_transfer.errors import DistributeError
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-
-
-class DistributeError(ValueError):
-    """A strategy, precision or path cannot be used on this hardware."""
 
 
 def tf_config() -> dict:
@@ -155,3 +155,49 @@ def check_tpu_paths(kind: str, tpu: str, paths: dict[str, str]) -> None:
         listing = ", ".join(f"{flag} {p}" for flag, p in local.items())
         raise DistributeError(f"the TPU workers cannot read local paths ({listing}); copy the data or model to a "
                               "Cloud Storage bucket and pass gs://BUCKET/... instead (or use --tpu local on a TPU VM)")
+
+
+@dataclass(frozen=True)
+class Session:
+    """The strategy a run trains under, where this process sits in it, and the precision policy."""
+
+    strategy: tf.distribute.Strategy
+    topology: Topology
+    policy: str
+    per_replica_batch: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_replica_batch * self.topology.replicas
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """(workers, this worker's index) when each worker reads its own share of the input files."""
+        t = self.topology
+        return (t.workers, t.worker_index) if t.workers > 1 else None
+
+    def scope(self):
+        return self.strategy.scope()
+
+    def describe(self, jit_compile: bool = False) -> str:
+        t = self.topology
+        return (f"Strategy: {t.kind}, {t.replicas} replica(s) on {t.workers} worker(s); global batch "
+                f"{self.global_batch} ({self.per_replica_batch} per replica); precision {self.policy}"
+                f"{'; XLA' if jit_compile else ''}")
+
+
+@contextlib.contextmanager
+def session(config, strategy: tf.distribute.Strategy | None = None) -> Iterator[Session]:
+    """Create (or adopt) the run's strategy and set its precision policy for the block; the global
+    policy is reset afterwards, so nothing leaks into the next run in this process."""
+    from tf_transfer._keras import keras
+
+    # Multi-worker and TPU strategies configure the runtime: create them before any other TF work.
+    strategy = strategy or create(config.runtime.strategy, config.runtime.tpu)
+    topo = topology(strategy)
+    policy = precision_policy(config.runtime.precision, topo.kind)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield Session(strategy, topo, policy, config.data.batch_size)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

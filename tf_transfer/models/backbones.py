@@ -11,16 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tf_transfer._keras import keras
+from tf_transfer.errors import BackboneError
+from tf_transfer.models import layers
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 # Weights that ship with tf_transfer, so the default backbone works offline.
 VENDORED_WEIGHTS = {"mobilenet_v2_0.35": ASSETS / "mobilenet_v2_0.35_224_no_top_imagenet.weights.h5"}
-
-
-class BackboneError(ValueError):
-    """A backbone name, handle or weights file cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -187,13 +185,11 @@ def _last_feature_map(model: keras.Model) -> str:
 
 def build_saved_model(path: str, cut_layer: str, image_size: int) -> keras.Model:
     """A saved Keras model (.keras, .h5 or SavedModel folder), cut at a named layer, named 'backbone'."""
-    from tf_transfer import model as model_lib  # for our own exports' custom layers
-
     p = Path(path).expanduser()
     if not p.exists():
         raise BackboneError(f"model:{path}: no such file or folder; expected a .keras/.h5 file or a SavedModel folder")
     try:
-        loaded = keras.models.load_model(str(p), compile=False, custom_objects=model_lib.custom_objects())
+        loaded = keras.models.load_model(str(p), compile=False, custom_objects=layers.custom_objects())
     except Exception as e:
         raise BackboneError(f"could not load {p} as a Keras model ({str(e).splitlines()[0]}); for a plain "
                             "SavedModel without Keras metadata use hub:PATH") from e

@@ -7,11 +7,12 @@ noisy random background, so a classifier has to learn shape, not colour.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from tf_transfer import folders
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +21,6 @@ DEMO_NAME = "demo"
 DEMO_CLASSES = ("circle", "square", "triangle")
 DEMO_PER_CLASS = 60
 DEMO_SIZE = 128
-
-
-def cache_home() -> Path:
-    """Where tf_transfer keeps generated data: $TF_TRANSFER_CACHE or ~/.cache/tf_transfer."""
-    return Path(os.environ.get("TF_TRANSFER_CACHE", Path.home() / ".cache" / "tf_transfer"))
 
 
 def draw_shape(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
@@ -78,7 +74,7 @@ def write_shapes(
 
 def ensure_demo_dataset() -> Path:
     """The demo dataset folder, generated on first use into the cache folder."""
-    root = cache_home() / "datasets" / f"shapes-v1-{len(DEMO_CLASSES)}x{DEMO_PER_CLASS}-{DEMO_SIZE}px"
+    root = folders.cache_home() / "datasets" / f"shapes-v1-{len(DEMO_CLASSES)}x{DEMO_PER_CLASS}-{DEMO_SIZE}px"
     done = root / ".complete"
     if not done.exists():
         log.info("Generating the demo dataset (%d classes x %d images) in %s", len(DEMO_CLASSES), DEMO_PER_CLASS, root)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from tf_transfer import folders
+
 
 def history_curves(history: Sequence[dict], phase_boundary: int) -> Figure:
     """Loss and accuracy per epoch (train and validation), with the phase-1/phase-2 boundary marked."""
@@ -134,7 +136,5 @@ def metric_vs_hyperparameters(values: Sequence[dict], metric: Sequence[float], m
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    """Write a figure as PNG (atomically)."""
+    return folders.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))

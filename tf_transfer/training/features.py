@@ -17,8 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tf_transfer import data as data_lib
+from tf_transfer import folders
 from tf_transfer._keras import keras
 from tf_transfer.config import Config
+from tf_transfer.data import datasets as data_lib
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,8 @@ class FeatureSet:
 
 def cache_root(config: Config) -> Path:
     """The folder holding cache entries: --feature-cache PATH, else <tf_transfer cache>/features."""
-    from tf_transfer import demo
-
     mode = config.phase1.feature_cache
-    return Path(mode).expanduser() if mode not in ("auto", "on") else demo.cache_home() / "features"
+    return Path(mode).expanduser() if mode not in ("auto", "on") else folders.cache_home() / "features"
 
 
 def plan(config: Config, workers: int, kind: str) -> Path | None:
@@ -211,17 +208,29 @@ def _serialize(features: np.ndarray, labels: np.ndarray) -> bytes:
 
 def build(folder: Path, material: dict, extract, config: Config, images: data_lib.ImageData,
           split: str, image_size: int, views: int, batch_size: int) -> FeatureSet:
-    """Compute and write one cache entry; the folder appears only when complete."""
-    count = len(images.splits[split])
-    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    """Compute and write one cache entry; the folder appears only when complete (see folders.atomic_dir)."""
     ds = _extraction_input(config, images, split, image_size, views, batch_size)
-    log.info("Feature cache: computing the features of %d %s images%s into %s", count, split,
+    log.info("Feature cache: computing the features of %d %s images%s into %s", len(images.splits[split]), split,
              f" x {views} augmented views" if views > 1 else "", folder)
+    folders.sweep_partials(folder.parent)
+    start = time.monotonic()
+    with folders.atomic_dir(folder, replace=True) as partial:
+        done, dim = _write_records(partial / RECORDS, ds, extract, views, len(images.splits[split]), split)
+        records = partial / RECORDS
+        manifest = {"key": material, "count": done, "views": views, "dim": int(dim),
+                    "bytes": records.stat().st_size, "sha256": _file_digest(str(records))}
+        folders.write_json(partial / MANIFEST, manifest)
+    seconds = time.monotonic() - start
+    log.info("Feature cache: %d %s images in %.1f s (%.0f views/s), %.1f MB", done, split, seconds,
+             done * views / max(seconds, 1e-9), manifest["bytes"] / 1e6)
+    return FeatureSet(folder, done, views, int(dim), built=True)
+
+
+def _write_records(path: Path, ds, extract, views: int, count: int, split: str) -> tuple[int, int]:
+    """Run the extractor over the dataset into one TFRecord file; returns (examples, feature size)."""
     start = last = time.monotonic()
     done, dim = 0, 0
-    with tf.io.TFRecordWriter(str(partial / RECORDS)) as writer:
+    with tf.io.TFRecordWriter(str(path)) as writer:
         for x, y in ds:
             f = tf.cast(extract(x), tf.float32).numpy()
             n = int(y.shape[0])
@@ -233,16 +242,7 @@ def build(folder: Path, material: dict, extract, config: Config, images: data_li
                 last = time.monotonic()
                 log.info("Feature cache: %d/%d %s images (%.0f images/s)", done, count, split,
                          done * views / (last - start))
-    records = partial / RECORDS
-    manifest = {"key": material, "count": done, "views": views, "dim": int(dim),
-                "bytes": records.stat().st_size, "sha256": _file_digest(str(records))}
-    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
-    seconds = time.monotonic() - start
-    log.info("Feature cache: %d %s images in %.1f s (%.0f views/s), %.1f MB", done, split, seconds,
-             done * views / max(seconds, 1e-9), manifest["bytes"] / 1e6)
-    return FeatureSet(folder, done, views, int(dim), built=True)
+    return done, dim
 
 
 def ensure(model: keras.Model, config: Config, images: data_lib.ImageData, split: str, image_size: int,

@@ -1,10 +1,8 @@
-"""Labelled images in, tf.data pipelines out: checks, seeded stratified splits, manifests, pipelines."""
+"""Labelled images in, tf.data pipelines out: checks, seeded stratified splits, saved splits, pipelines."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import logging
 import os
 import random
@@ -16,17 +14,16 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tf_transfer import images, sources
+from tf_transfer import folders
 from tf_transfer.config import DataConfig
-from tf_transfer.sources import SPLITS, DataError, Example
+from tf_transfer.data import images, sources
+from tf_transfer.data.sources import SPLITS, DataError, Example
+from tf_transfer.folders import RunDir
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
-MANIFEST = "split_manifest.csv"
-SUMMARY = "data_summary.json"
-SKIPPED = "skipped_files.csv"
 
-__all__ = ["DataError", "ImageData", "load_manifest", "prepare", "split_examples"]
+__all__ = ["DataError", "ImageData", "load_split", "pipeline", "prepare", "split_examples"]
 
 
 @dataclass
@@ -69,22 +66,12 @@ class ImageData:
         lines.append(f"{'total':<{width}}  {totals['train']:>6} {totals['val']:>6} {totals['test']:>6}")
         return "\n".join(lines)
 
-    def write(self, run_dir: str | Path) -> None:
-        """Save the split manifest, class counts and skipped-file report into the run folder."""
-        run_dir = Path(run_dir)
-        with (run_dir / MANIFEST).open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["split", "label", "class", "key"])
-            for split in SPLITS:
-                for e in self.splits[split]:
-                    w.writerow([split, e.label, self.class_names[e.label], e.key])
-        with (run_dir / SKIPPED).open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "reason"])
-            w.writerows(sorted(self.skipped.items()))
+    def save(self, run: RunDir) -> None:
+        """Save the split manifest, class counts and skipped-file report into a run folder."""
+        rows = [[split, e.label, self.class_names[e.label], e.key] for split in SPLITS for e in self.splits[split]]
         summary = {"source": self.source, "kind": self.kind, "tfds": self.tfds, "class_names": self.class_names,
                    "counts": self.counts(), "num_skipped": len(self.skipped)}
-        (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+        run.write_split(summary, rows, self.skipped)
 
 
 def split_examples(
@@ -152,16 +139,12 @@ def prepare(cfg: DataConfig, seed: int) -> ImageData:
     return ImageData(catalog.class_names, splits, skipped, cfg.source, catalog.kind, catalog.tfds)
 
 
-def load_manifest(run_dir: str | Path) -> ImageData:
-    """The data of an earlier run, exactly as it was split (for --resume)."""
-    run_dir = Path(run_dir)
-    summary = json.loads((run_dir / SUMMARY).read_text())
+def load_split(run: RunDir) -> ImageData:
+    """The data of an earlier run, exactly as it was split (for --resume and re-export)."""
+    summary, rows, skipped = run.read_split()
     splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
-    with (run_dir / MANIFEST).open(newline="") as f:
-        for row in csv.DictReader(f):
-            splits[row["split"]].append(Example(row["key"], int(row["label"])))
-    with (run_dir / SKIPPED).open(newline="") as f:
-        skipped = {row["path"]: row["reason"] for row in csv.DictReader(f)}
+    for row in rows:
+        splits[row["split"]].append(Example(row["key"], int(row["label"])))
     return ImageData(summary["class_names"], splits, skipped, summary["source"], summary["kind"], summary["tfds"])
 
 
@@ -257,12 +240,10 @@ def cache_place(cache: str, data: ImageData, image_size: int) -> str:
     fit in half the available memory, else a folder under the tf_transfer cache when the disk has room."""
     if cache != "auto":
         return cache
-    from tf_transfer import demo
-
     needed = sum(len(v) for v in data.splits.values()) * image_size * image_size * 3
     if needed <= _available_memory() // 2:
         return "memory"
-    folder = demo.cache_home() / "images"
+    folder = folders.cache_home() / "images"
     folder.mkdir(parents=True, exist_ok=True)
     if shutil.disk_usage(folder).free > needed * 1.2:
         log.info("Decoded images (%.1f GB) do not fit in memory; caching them in %s", needed / 1e9, folder)

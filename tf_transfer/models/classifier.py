@@ -1,76 +1,42 @@
-"""The classifier: raw pixels in, preprocessing inside, backbone, pooler, head, probabilities out."""
+"""The classifier: raw pixels in, preprocessing inside, backbone, pooler, head(s), probabilities out;
+and what each phase freezes and unfreezes in it."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from tf_transfer._keras import keras
-from tf_transfer.backbones import Backbone, BackboneError
 from tf_transfer.config import ModelConfig
+from tf_transfer.errors import BackboneError
+from tf_transfer.models import backbones
+from tf_transfer.models.backbones import Backbone
+from tf_transfer.models.layers import Classifier, Preprocess
 
 log = logging.getLogger(__name__)
 
 
-@keras.saving.register_keras_serializable(package="tf_transfer")
-class Preprocess(keras.layers.Layer):
-    """Map raw 0-255 pixels to what the backbone was trained on.
+@dataclass(frozen=True)
+class HeadSpec:
+    """One task on the shared backbone: its class names (in score order)."""
 
-    mode: 'none' (pass through), 'unit' ([0, 1], the TF-Hub image convention) or a
-    keras.applications module name, whose own ``preprocess_input`` is applied.
-    """
+    class_names: tuple[str, ...]
+    task: str = ""  # "" for the one-task case: the layer is "head" and the outputs are as they always were
 
-    def __init__(self, mode: str = "none", **kwargs):
-        super().__init__(**kwargs)
-        if mode not in ("none", "unit") and not hasattr(getattr(keras.applications, mode, None), "preprocess_input"):
-            raise BackboneError(f"unknown preprocessing {mode!r}; expected 'none', 'unit' or a Keras Applications "
-                                "module name such as 'mobilenet_v2', 'resnet' or 'efficientnet'")
-        self.mode = mode
+    @property
+    def layer_name(self) -> str:
+        return f"head_{self.task}" if self.task else "head"
 
-    def call(self, images):
-        images = tf.cast(images, self.compute_dtype)
-        if self.mode == "none":
-            return images
-        if self.mode == "unit":
-            return images / 255.0
-        return getattr(keras.applications, self.mode).preprocess_input(images)
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
-@keras.saving.register_keras_serializable(package="tf_transfer")
-class Classifier(keras.Model):
-    """The functional classifier, with a training step whose backward pass stops at the lowest
-    trainable layer.
-
-    A GradientTape watches every variable created trainable, and Keras' `trainable = False` does not
-    change that: the default step records the frozen layers too and leaves it to graph pruning to
-    drop their gradients. Watching only the trainable variables keeps frozen layers off the tape, so
-    no gradient op below the fine-tuned layers is ever built, in graph or eager mode.
-    """
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(self.trainable_variables)
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(x, y, y_pred, sample_weight)
-        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
-        return self.compute_metrics(x, y, y_pred, sample_weight)
-
-
-def custom_objects() -> dict:
-    """Objects needed to load a tf_transfer Keras model with keras.models.load_model."""
-    import tensorflow_hub as hub
-
-    return {"Preprocess": Preprocess, "Classifier": Classifier, "KerasLayer": hub.KerasLayer}
-
-
-def build_head(num_classes: int, features: int, cfg: ModelConfig) -> keras.Sequential:
+def build_head(spec: HeadSpec, features: int, cfg: ModelConfig) -> keras.Sequential:
     """Dropout (+ optional hidden layer) + Dense softmax over the classes; float32 output."""
+    num_classes = spec.num_classes
     reg = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
     layers = [keras.Input((features,), name="features"), keras.layers.Dropout(cfg.dropout, name="dropout")]
     if cfg.hidden_units:
@@ -80,14 +46,20 @@ def build_head(num_classes: int, features: int, cfg: ModelConfig) -> keras.Seque
         ]
     layers.append(keras.layers.Dense(num_classes, activation="softmax", kernel_regularizer=reg, dtype="float32",
                                      name="probabilities"))
-    return keras.Sequential(layers, name="head")
+    return keras.Sequential(layers, name=spec.layer_name)
 
 
-def build_classifier(backbone: Backbone, num_classes: int, cfg: ModelConfig, train_bn: bool = False) -> keras.Model:
+def build_classifier(backbone: Backbone, heads: list[HeadSpec] | int, cfg: ModelConfig,
+                     train_bn: bool = False) -> keras.Model:
     """image (float 0-255) -> preprocess -> backbone -> pooler -> head -> class probabilities.
 
-    The backbone runs in inference mode (frozen BatchNorm statistics) unless train_bn is set.
+    `heads` lists the tasks (an int n means one task of n unnamed classes). The backbone runs in
+    inference mode (frozen BatchNorm statistics) unless train_bn is set.
     """
+    if isinstance(heads, int):
+        heads = [HeadSpec(tuple(str(i) for i in range(heads)))]
+    if len(heads) != 1:
+        raise BackboneError(f"expected one head, got {len(heads)}")
     size = backbone.image_size
     inputs = keras.Input((size, size, 3), dtype="float32", name="image")
     x = Preprocess(backbone.preprocess, name="preprocess")(inputs)
@@ -97,7 +69,7 @@ def build_classifier(backbone: Backbone, num_classes: int, cfg: ModelConfig, tra
     elif len(features.shape) != 2:
         raise BackboneError(f"backbone output has shape {features.shape}; expected a feature map [B, H, W, C] or "
                             "a feature vector [B, D]")
-    outputs = build_head(num_classes, int(features.shape[-1]), cfg)(features)
+    outputs = build_head(heads[0], int(features.shape[-1]), cfg)(features)
     return Classifier(inputs, outputs, name="classifier")
 
 
@@ -158,3 +130,13 @@ def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
 
 def count_params(weights) -> int:
     return int(sum(np.prod(w.shape) for w in weights))
+
+
+def rebuild(model_cfg: ModelConfig, heads: list[HeadSpec] | int, image_size: int, weights_file: str,
+            train_bn: bool = False) -> keras.Model:
+    """A run's classifier outside any distribution strategy, with the weights of `weights_file`."""
+    # The weights file replaces whatever the backbone starts with, so skip any download.
+    bb = backbones.build(model_cfg.backbone, "none", image_size, model_cfg.cut_layer, model_cfg.preprocess)
+    model = build_classifier(bb, heads, model_cfg, train_bn=train_bn)
+    model.load_weights(str(weights_file))
+    return model

@@ -1,0 +1,2 @@
+"""Evaluation: metrics from one prediction pass, plots (Matplotlib Figures) and the self-contained
+report.html."""

@@ -1,0 +1,510 @@
+"""The folders tf_transfer writes, and the one way it writes files: atomically.
+
+- :class:`RunDir` owns a run folder: every file name in it, the resume state, the per-epoch history,
+  the chief/worker write rule of multi-worker training and the run log. Nothing else builds a path
+  inside a run folder.
+- :func:`atomic_write`, :func:`write_json` and :func:`atomic_dir` are the only writers: a kill at any
+  moment leaves the old file (or folder) or the new one, never half of one. Temporary names carry the
+  host, process and a random part, so processes on several machines sharing a folder never collide,
+  and :func:`sweep_partials` removes the leftovers of dead processes.
+
+TensorFlow-free: weights are written through the model's own ``save_weights``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tf_transfer import logs
+from tf_transfer.errors import RunError
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".partial-"
+STALE_SECONDS = 24 * 3600  # a temporary entry this old belongs to no live writer on any machine
+
+
+def cache_home() -> Path:
+    """Where tf_transfer keeps generated data and caches: $TF_TRANSFER_CACHE or ~/.cache/tf_transfer."""
+    return Path(os.environ.get("TF_TRANSFER_CACHE", Path.home() / ".cache" / "tf_transfer"))
+
+
+# --- atomic writes ---------------------------------------------------------------------------------
+
+def _token() -> str:
+    host = socket.gethostname().replace("-", "_").replace(".", "_")[:40] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def partial_path(path: Path) -> Path:
+    """A unique hidden sibling of `path` to write first; the name keeps path's suffix (Keras reads
+    the weights format from it)."""
+    return path.with_name(f"{PARTIAL}{_token()}-{path.name}")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call write(tmp) on a temporary sibling, then rename it onto `path` (atomic on one file system)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_csv(path: str | Path, rows) -> Path:
+    """Rows (the first one the header) as a UTF-8 CSV file."""
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(rows)
+
+    return atomic_write(path, write)
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        return default
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def publish_dir(tmp: Path, final: Path, replace: bool = False) -> bool:
+    """Rename a finished folder into place; returns False if another writer's folder is there.
+
+    With replace, an existing folder is first renamed aside (atomically) and then removed, so a reader
+    never sees a mix of the two and two concurrent writers never delete each other's work.
+    """
+    for _ in range(3):
+        try:
+            os.rename(tmp, final)
+            return True
+        except OSError:
+            if not final.exists():
+                raise
+            if not replace:
+                break
+            with contextlib.suppress(FileNotFoundError):  # someone else moved it first
+                trash = final.with_name(f"{PARTIAL}{_token()}-old-{final.name}")
+                os.rename(final, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return False
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder to fill; on success it becomes `final` (see publish_dir), on any error
+    (or a kill) nothing appears at `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(final)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish_dir(tmp, final, replace)
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process that named a temporary entry may still be writing it."""
+    try:
+        host, pid = name[len(PARTIAL):].split("-")[:2]
+        if host != _token().split("-")[0]:
+            return True  # another machine: only age tells
+        os.kill(int(pid), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError, OSError):
+        return True
+
+
+def sweep_partials(folder: str | Path) -> int:
+    """Remove temporary entries left in `folder` by dead writers (or older than a day); returns how many."""
+    folder, removed = Path(folder), 0
+    if not folder.is_dir():
+        return 0
+    for entry in folder.iterdir():
+        if not entry.name.startswith(PARTIAL):
+            continue
+        try:
+            old = time.time() - entry.lstat().st_mtime > STALE_SECONDS
+        except FileNotFoundError:
+            continue
+        if old or not _owner_alive(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+            removed += 1
+    if removed:
+        log.info("Removed %d temporary file(s) left by interrupted writers in %s", removed, folder)
+    return removed
+
+
+# --- the run folder ---------------------------------------------------------------------------------
+
+class RunDir:
+    """A run folder: <runs_dir>/<name>/<timestamp>/ (or cluster-<id>/ for multi-worker runs).
+
+    Only the chief of a multi-worker job writes the shared records (config, split, history, state,
+    metrics, report); other workers' weights go to ``workers/worker-<i>/`` and their log to
+    ``worker-<i>.log``, so no two processes write one file.
+    """
+
+    CONFIG = "config.json"
+    VERSIONS = "versions.json"
+    SPLIT_MANIFEST = "split_manifest.csv"
+    DATA_SUMMARY = "data_summary.json"
+    SKIPPED = "skipped_files.csv"
+    HISTORY_LOG = "history.jsonl"
+    HISTORY = "history.json"
+    STATE = "state.json"
+    METRICS = "metrics.json"
+    METRICS_TEXT = "metrics.txt"
+    PHASE1_METRICS = "phase1_metrics.json"
+    REPORT = "report.html"
+    PLOTS = "plots"
+    LOG = "run.log"
+    TENSORBOARD = "tensorboard"
+    CHECKPOINTS = "checkpoints"
+    EXPORT_PATH = "export_path.txt"
+    BASELINE = "baseline_scratch"
+    WORKERS = "workers"
+
+    def __init__(self, path: str | Path, chief: bool = True, worker: int = 0):
+        self.path = Path(path)
+        self.chief = chief
+        self.worker = worker
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r}{'' if self.chief else f', worker={self.worker}'})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # --- finding and creating run folders
+
+    @classmethod
+    def create(cls, runs_dir: str | Path, name: str) -> RunDir:
+        """A new, empty run folder named by the current time (suffixed -2, -3, ... if taken)."""
+        root = Path(runs_dir) / name
+        root.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for n in range(1, 1000):
+            path = root / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                path.mkdir()
+                return cls(path)
+            except FileExistsError:
+                continue
+        raise RunError(f"could not create a new run folder under {root}")
+
+    @classmethod
+    def for_cluster(cls, runs_dir: str | Path, name: str, cluster_id: str, chief: bool, worker: int) -> RunDir:
+        """The folder every worker of one cluster agrees on (and a restarted cluster finds again)."""
+        path = Path(runs_dir) / name / f"cluster-{cluster_id}"
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path, chief, worker)
+
+    @classmethod
+    def latest(cls, runs_dir: str | Path, name: str) -> RunDir:
+        root = Path(runs_dir) / name
+        runs = sorted(p for p in root.iterdir() if (p / cls.CONFIG).is_file()) if root.is_dir() else []
+        if not runs:
+            raise RunError(f"--resume: no earlier run of {name!r} under {root}")
+        return cls(runs[-1])
+
+    @classmethod
+    def existing(cls, path: str | Path) -> RunDir:
+        """An existing run folder; RunError if `path` is not one."""
+        run = cls(path)
+        if not run.config_file.is_file():
+            raise RunError(f"{path} is not a run folder (no {cls.CONFIG}); expected <runs_dir>/<name>/<timestamp>")
+        return run
+
+    def started(self) -> bool:
+        """Whether this folder holds a run that got as far as saving its config and split."""
+        return self.config_file.is_file() and (self.path / self.SPLIT_MANIFEST).is_file()
+
+    def baseline(self) -> RunDir:
+        """The from-scratch baseline's own run folder inside this one."""
+        path = self.path / self.BASELINE
+        path.mkdir(parents=True, exist_ok=True)
+        return RunDir(path, self.chief, self.worker)
+
+    # --- paths
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / (self.LOG if self.chief else f"worker-{self.worker}.log")
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / self.PLOTS
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / self.REPORT
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / self.METRICS
+
+    def _own(self) -> Path:
+        """Where this process writes weights: the run folder (chief) or its worker folder."""
+        return self.path if self.chief else self.path / self.WORKERS / f"worker-{self.worker}"
+
+    def weights_file(self, which: str) -> Path:
+        """checkpoints/<which>.weights.h5 (which: phase1_final, final, ...)."""
+        return self._own() / self.CHECKPOINTS / f"{which}.weights.h5"
+
+    def best_weights_file(self, phase: int) -> Path:
+        return self._own() / self.CHECKPOINTS / f"best_phase{phase}.weights.h5"
+
+    def backup_dir(self, phase: int) -> Path:
+        """BackupAndRestore's folder (every worker passes the same one: Keras separates them)."""
+        return self.path / self.CHECKPOINTS / f"backup_phase{phase}"
+
+    # --- writing (the chief writes shared records; workers' calls are no-ops)
+
+    def write_json(self, name: str, data: Any) -> None:
+        if self.chief:
+            write_json(self.path / name, data)
+
+    def read_json(self, name: str, default: Any = None) -> Any:
+        return read_json(self.path / name, default)
+
+    def write_text(self, name: str, text: str) -> None:
+        if self.chief:
+            write_text(self.path / name, text)
+
+    def save_config(self, config) -> None:
+        self.write_text(self.CONFIG, config.to_json() + "\n")
+
+    def save_weights(self, model, which: str) -> Path:
+        path = self.weights_file(which)
+        return atomic_write(path, lambda tmp: model.save_weights(str(tmp)))
+
+    def load_weights(self, model, which: str) -> None:
+        path = self.weights_file(which)
+        if not path.is_file():
+            raise RunError(f"{self.path} has no {path.relative_to(self.path)}; expected a run that got that far")
+        model.load_weights(str(path))
+
+    def has_weights(self, which: str) -> bool:
+        return self.weights_file(which).is_file()
+
+    # --- resume state and history
+
+    def state(self) -> dict:
+        """Where the run is: {'phase', 'last_epoch', 'done': {step: result}} ({} for a new run)."""
+        return self.read_json(self.STATE, {}) or {}
+
+    def update_state(self, **changes: Any) -> dict:
+        state = {**self.state(), **changes}
+        self.write_json(self.STATE, state)
+        return state
+
+    def done(self, step: str) -> Any:
+        """The recorded result of a finished step (None if it has not finished)."""
+        return self.state().get("done", {}).get(step)
+
+    def mark_done(self, step: str, result: Any = True) -> None:
+        state = self.state()
+        self.update_state(done={**state.get("done", {}), step: result})
+
+    def record_epoch(self, entry: dict) -> None:
+        """Append one epoch's metrics to history.jsonl (flushed to disk: it survives a kill)."""
+        if not self.chief:
+            return
+        with (self.path / self.HISTORY_LOG).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def epochs(self) -> list[dict]:
+        """Epoch entries in order; an epoch recorded twice (re-run after a kill) keeps its last record."""
+        path = self.path / self.HISTORY_LOG
+        by_epoch: dict[int, dict] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    by_epoch[int(entry["epoch"])] = entry
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):  # a line cut by a kill
+                    continue
+        return [by_epoch[k] for k in sorted(by_epoch)]
+
+    def write_history(self, epochs: list[dict], stages: list[dict]) -> None:
+        """history.json: every epoch, the stage boundaries, and phase_boundary (last epoch of phase 1)."""
+        boundary = next((s["last_epoch"] for s in stages if s.get("phase") == 1), 0)
+        self.write_json(self.HISTORY, {"phase_boundary": boundary, "stages": stages, "epochs": epochs})
+
+    def history(self) -> dict:
+        return self.read_json(self.HISTORY, {"phase_boundary": 0, "stages": [], "epochs": []})
+
+    # --- data split
+
+    def write_split(self, summary: dict, rows: list[list], skipped: dict[str, str]) -> None:
+        """The split manifest (split,label,class,key), the data summary and the skipped-file report."""
+        if not self.chief:
+            return
+        write_csv(self.path / self.SPLIT_MANIFEST, [["split", "label", "class", "key"], *rows])
+        write_csv(self.path / self.SKIPPED, [["path", "reason"], *sorted(skipped.items())])
+        self.write_json(self.DATA_SUMMARY, summary)
+
+    def read_split(self) -> tuple[dict, list[dict], dict[str, str]]:
+        """(data summary, manifest rows as dicts, {skipped path: reason}) as write_split saved them."""
+        try:
+            summary = self.read_json(self.DATA_SUMMARY)
+            with (self.path / self.SPLIT_MANIFEST).open(newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            with (self.path / self.SKIPPED).open(newline="", encoding="utf-8") as f:
+                skipped = {row["path"]: row["reason"] for row in csv.DictReader(f)}
+        except (OSError, json.JSONDecodeError, KeyError) as e:
+            raise RunError(f"{self.path}: the saved data split cannot be read ({e})") from None
+        if summary is None:
+            raise RunError(f"{self.path} has no {self.DATA_SUMMARY}; expected a run folder")
+        return summary, rows, skipped
+
+    # --- outputs
+
+    def write_export_path(self, path: str | Path) -> None:
+        self.write_text(self.EXPORT_PATH, f"{path}\n")
+
+    def export_path(self) -> Path | None:
+        file = self.path / self.EXPORT_PATH
+        return Path(file.read_text(encoding="utf-8").strip()) if file.is_file() else None
+
+    # --- the run log
+
+    @contextlib.contextmanager
+    def logging(self) -> Iterator[Path]:
+        """Copy tf_transfer's log records into this run's log file while the block runs."""
+        with logs.to_file(self.log_file) as path:
+            yield path
+
+
+# --- exported models --------------------------------------------------------------------------------
+
+def is_version_name(name: str) -> bool:
+    """TF Serving's version folders are plain ASCII decimal numbers ('٣' is a digit to Python, not to it)."""
+    return name.isascii() and name.isdigit() and len(name) <= 18
+
+
+class ModelDir:
+    """<export_dir>/<name>/: the integer version folders TF Serving watches, and each version's files.
+
+    A version is complete when its folder holds saved_model.pb; tf_transfer writes a version in a hidden
+    staging folder and renames it into place only after it has been verified, so TF Serving (which
+    loads any new integer folder within a second) never sees an incomplete or unverified one.
+    """
+
+    SAVED_MODEL = "saved_model.pb"
+    LABELS = "labels.txt"
+    CONFIG = "config.json"
+    METRICS = "metrics.json"
+    SAMPLES = "assets.extra/verify_samples.json"
+    WARMUP = "assets.extra/tf_serving_warmup_requests"
+    TFLITE = "tflite"
+    TFLITE_LABELS = "tflite/labels.txt"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @staticmethod
+    def is_version(path: Path) -> bool:
+        """Whether `path` is a complete version folder (a real folder holding saved_model.pb)."""
+        return is_version_name(path.name) and path.is_dir() and not path.is_symlink() \
+            and (path / ModelDir.SAVED_MODEL).is_file()
+
+    def versions(self) -> list[int]:
+        """Complete versions, ascending (stray files, partial and non-numeric entries are ignored)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.path.iterdir() if self.is_version(p))
+
+    def version_path(self, version: int) -> Path:
+        return self.path / str(version)
+
+    def latest(self) -> Path:
+        versions = self.versions()
+        if not versions:
+            raise RunError(f"{self.path} holds no exported version; expected {self.path}/<version>/{self.SAVED_MODEL}")
+        return self.version_path(versions[-1])
+
+    def _next_free(self) -> int:
+        taken = [int(p.name) for p in self.path.iterdir() if is_version_name(p.name)] if self.path.is_dir() else []
+        return max(taken, default=0) + 1
+
+    def publish(self, staged: Path) -> Path:
+        """Rename a finished staging folder into place as the next free version; returns its path."""
+        for _ in range(100):  # another exporter may claim the same number: take the next one
+            final = self.version_path(self._next_free())
+            try:
+                os.rename(staged, final)
+                return final
+            except OSError:
+                if not final.exists() and not final.is_symlink():
+                    raise
+        raise RunError(f"could not claim a new version number in {self.path}")
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A hidden folder for a version being written and verified; removed on any error."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        sweep_partials(self.path)
+        tmp = partial_path(self.path / "version")
+        tmp.mkdir()
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # after publish() it is gone already
+
+
+def resolve_export(path: str | Path) -> Path:
+    """A version folder as given, or the latest complete version of a model folder."""
+    path = Path(path)
+    if (path / ModelDir.SAVED_MODEL).is_file():
+        return path
+    return ModelDir(path).latest()

@@ -1,0 +1,46 @@
+"""Logging set-up: tf_transfer's messages on stdout, and copied into a file (a run's log) on request.
+
+Library code only logs (``logging.getLogger(__name__)`` under ``tf_transfer``); commands call
+:func:`setup`. TensorFlow-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = "tf_transfer"
+
+
+def setup(log_file: str | Path | None = None, verbose: bool = False) -> logging.Handler | None:
+    """Log tf_transfer messages to stdout (and to log_file, if given; returns that file's handler)."""
+    root = logging.getLogger(ROOT)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(getattr(h, "_tf_transfer_console", False) for h in root.handlers):
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        console._tf_transfer_console = True
+        root.addHandler(console)
+    root.propagate = False
+    if log_file is None:
+        return None
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    return handler
+
+
+@contextlib.contextmanager
+def to_file(log_file: str | Path) -> Iterator[Path]:
+    """Copy tf_transfer's log records into `log_file` while the block runs."""
+    log_file = Path(log_file)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = setup(log_file)
+    try:
+        yield log_file
+    finally:
+        logging.getLogger(ROOT).removeHandler(handler)
+        handler.close()

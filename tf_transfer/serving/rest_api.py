@@ -1,0 +1,184 @@
+"""TF Serving's REST API over the served models: routes, and the JSON of predict and classify.
+
+    GET  /v1/models/<name>[/versions/<v>]             status of the loaded versions
+    GET  /v1/models/<name>[/versions/<v>]/metadata    signature definitions
+    POST /v1/models/<name>[/versions/<v>]:predict     {"instances": [...]} or {"inputs": ...}
+    POST /v1/models/<name>[/versions/<v>]:classify    {"examples": [...]}
+
+Sizes are checked before anything is decoded; every answer is JSON, errors as {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from http import HTTPStatus
+
+import numpy as np
+
+from tf_transfer.serving.registry import Registry, RequestError, ServedVersion, ServeLimits, internal_error
+from tf_transfer.serving.rest import Request, Response
+
+_ROUTE = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18}))?(?P<rest>:predict|:classify|/metadata)?$")
+
+
+def decode_value(value, dtype: str):
+    """A JSON instance value to a numpy-ready value: {"b64": ...} -> bytes; strings for DT_STRING -> bytes."""
+    if isinstance(value, dict):
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
+            raise RequestError(HTTPStatus.BAD_REQUEST, 'expected {"b64": "<base64 string>"} for binary values')
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "invalid base64 in a {\"b64\": ...} value") from None
+    if isinstance(value, list):
+        return [decode_value(v, dtype) for v in value]
+    if isinstance(value, str) and dtype == "string":
+        return value.encode()
+    return value
+
+
+def to_json(value: np.ndarray):
+    if value.dtype == object or value.dtype.kind == "S":
+        return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(value).tolist() \
+            if value.size else value.tolist()
+    return value.tolist()
+
+
+def _columns(body: dict, dtypes: dict[str, str], limits: ServeLimits) -> tuple[dict, bool]:
+    """{input name: values} from the row ('instances') or columnar ('inputs') format; True for rows."""
+    if ("instances" in body) == ("inputs" in body):
+        raise RequestError(HTTPStatus.BAD_REQUEST, "request must have exactly one of 'instances' or 'inputs'")
+    only = next(iter(dtypes)) if len(dtypes) == 1 else None
+    if "instances" in body:
+        rows = body["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "'instances' must be a non-empty list")
+        limits.check_batch(len(rows))
+        if all(isinstance(r, dict) and "b64" not in r for r in rows):
+            missing = sorted({k for k in dtypes for r in rows if k not in r})
+            if missing:
+                raise RequestError(HTTPStatus.BAD_REQUEST, f"instances lack input(s) {missing}")
+            return {k: [decode_value(r[k], dtypes[k]) for r in rows] for k in dtypes}, True
+        if only:
+            return {only: [decode_value(r, dtypes[only]) for r in rows]}, True
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"instances must be objects with keys {sorted(dtypes)}")
+    inputs = body["inputs"]
+    if isinstance(inputs, dict) and "b64" not in inputs:
+        for v in inputs.values():
+            limits.check_batch(len(v) if isinstance(v, list) else 1)
+        return {k: decode_value(v, dtypes.get(k, "")) for k, v in inputs.items()}, False
+    if only:
+        limits.check_batch(len(inputs) if isinstance(inputs, list) else 1)
+        return {only: decode_value(inputs, dtypes[only])}, False
+    raise RequestError(HTTPStatus.BAD_REQUEST, f"'inputs' must be an object with keys {sorted(dtypes)}")
+
+
+def _array(values, dtype: str) -> np.ndarray:
+    try:
+        if dtype == "string":
+            return np.array(values, dtype=object)
+        array = np.array(values)
+    except (ValueError, TypeError):
+        raise RequestError(HTTPStatus.BAD_REQUEST, "input values must form a rectangular array") from None
+    if array.dtype == object or array.dtype.kind in "SUV":
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"expected numbers for a {dtype} input")
+    return array
+
+
+def predict(model: ServedVersion, body: dict, limits: ServeLimits) -> dict:
+    name, _ = model.signature(body.get("signature_name") or "")
+    dtypes = {k: d.name for k, d in model.input_dtypes(name).items()}
+    columns, rows = _columns(body, dtypes, limits)
+    out = model.run(name, {k: _array(v, dtypes.get(k, "")) for k, v in columns.items()})
+    if rows:
+        n = len(next(iter(out.values())))
+        return {"predictions": [{k: to_json(v[i]) for k, v in out.items()} for i in range(n)]}
+    return {"outputs": {k: to_json(v) for k, v in out.items()}}
+
+
+def _feature(values: list):
+    import tensorflow as tf
+
+    if all(isinstance(v, bytes) for v in values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+    raise RequestError(HTTPStatus.BAD_REQUEST, "example features must be lists of bytes, ints or floats")
+
+
+def classify(model: ServedVersion, body: dict, limits: ServeLimits) -> dict:
+    import tensorflow as tf
+
+    examples, context = body.get("examples"), body.get("context", {})
+    if not isinstance(examples, list) or not examples:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "'examples' must be a non-empty list")
+    if not isinstance(context, dict) or not all(isinstance(ex, dict) for ex in examples):
+        raise RequestError(HTTPStatus.BAD_REQUEST, "'examples' must be objects (and 'context' an object)")
+    limits.check_batch(len(examples))
+    serialized = []
+    for ex in examples:
+        features = {}
+        for key, value in {**context, **ex}.items():
+            values = [decode_value(v, "string") for v in (value if isinstance(value, list) else [value])]
+            features[key] = _feature(values)
+        serialized.append(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
+    classes, scores = model.classify(serialized, body.get("signature_name", ""))
+    return {"results": [[[c.decode("utf-8", "replace"), float(s)] for c, s in zip(cr, sr, strict=True)]
+                        for cr, sr in zip(classes, scores, strict=True)]}
+
+
+class RestApp:
+    """Request -> Response for the REST API; never raises."""
+
+    def __init__(self, registry: Registry, limits: ServeLimits):
+        self.registry, self.limits = registry, limits
+
+    def __call__(self, request: Request) -> Response:
+        try:
+            return Response(HTTPStatus.OK, self.route(request))
+        except RequestError as e:
+            return Response(e.status, {"error": str(e)})
+        except Exception:  # never let one request take the server down, nor leak internals
+            e = internal_error(f"{request.method} {request.path[:200]}")
+            return Response(e.status, {"error": str(e)})
+
+    def route(self, request: Request) -> dict:
+        match = _ROUTE.match(request.path.split("?")[0])
+        if not match:
+            raise RequestError(HTTPStatus.NOT_FOUND, f"Malformed request: {request.method} {request.path[:200]}")
+        rest = match["rest"] or ""
+        if request.method == "GET" and rest in ("", "/metadata"):
+            if rest == "/metadata":
+                return self.metadata(self.registry.get(match["name"], match["version"]))
+            self.registry.get(match["name"], match["version"])
+            return self.registry.models[match["name"]].status()
+        if request.method == "POST" and rest in (":predict", ":classify"):
+            model = self.registry.get(match["name"], match["version"])
+            body = self._json(request.body)
+            return predict(model, body, self.limits) if rest == ":predict" else classify(model, body, self.limits)
+        allowed = "GET" if rest in ("", "/metadata") else "POST"
+        raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here; use {allowed}")
+
+    @staticmethod
+    def _json(raw: bytes) -> dict:
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"JSON Parse error: {str(e)[:200]}") from None
+        if not isinstance(body, dict):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "request body must be a JSON object")
+        return body
+
+    @staticmethod
+    def metadata(model: ServedVersion) -> dict:
+        from google.protobuf import json_format
+
+        spec = {"name": model.path.parent.name, "signature_name": "", "version": str(model.version)}
+        return {"model_spec": spec, "metadata": {"signature_def": json_format.MessageToDict(
+            model.metadata_proto(), preserving_proto_field_name=True)}}

@@ -1,0 +1,213 @@
+"""Export a trained classifier as a SavedModel that TF Serving loads as it is, and verify it.
+
+A version (<export_dir>/<name>/<version>/, layout in :class:`tf_transfer.folders.ModelDir`) holds the
+SavedModel with its serving signatures, labels.txt, config.json, metrics.json, TF Serving warm-up
+records and verification samples. It is written and verified in a hidden staging folder and only then
+renamed into place as the next integer version: TF Serving, which loads a new version folder within
+a second, never sees one that is incomplete or unverified, and a failed verification publishes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tf_transfer import folders
+from tf_transfer.errors import ExportError
+from tf_transfer.folders import ModelDir
+
+log = logging.getLogger(__name__)
+
+SCORE_TOLERANCE = 1e-4  # float32 models; mixed-precision ones get MIXED_TOLERANCE
+MIXED_TOLERANCE = 5e-3  # float16 keeps ~3 significant digits, and graph and eager kernels round differently
+
+
+@dataclass
+class ExportSpec:
+    """What goes into one export besides the model itself."""
+
+    class_names: list[str]
+    image_size: int
+    config: dict
+    metrics: dict
+    samples: Sequence[bytes] = ()  # encoded images: verification samples and warm-up requests
+    top_k: int = 5
+    max_image_pixels: int = 50_000_000
+    tflite: Sequence[str] = ()
+    representative: Sequence = field(default_factory=list)  # calibration pixels for int8 TFLite
+    verify: bool = False  # reload in a fresh process before publishing
+
+
+def write_warmup(path: Path, name: str, samples: Sequence[bytes]) -> int:
+    """TF Serving warm-up records: PredictionLogs for serving_default (batch 1 and all samples)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    from tf_transfer.serving import signatures
+
+    batches = [list(samples[:1]), list(samples)] if len(samples) > 1 else [list(samples)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for batch in batches:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=name, signature_name=signatures.DEFAULT))
+            request.inputs[signatures.BYTES_INPUT].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+            log_entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log_entry.SerializeToString())
+    return len(batches)
+
+
+def _write_samples(version: Path, model, spec: ExportSpec, name: str) -> None:
+    """The samples' in-memory scores (what verification compares against) and the warm-up records."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_transfer.data import images
+
+    pixels = tf.stack([images.decode_and_resize(tf.constant(b), spec.image_size) for b in spec.samples])
+    scores = model(tf.cast(pixels, tf.float32), training=False).numpy()
+    mixed = any(getattr(layer, "compute_dtype", "float32") != "float32" for layer in model.submodules
+                if hasattr(layer, "compute_dtype"))
+    folders.write_json(version / ModelDir.SAMPLES, {
+        "images_b64": [base64.b64encode(b).decode("ascii") for b in spec.samples],
+        "scores": np.asarray(scores, dtype=float).round(7).tolist(),
+        "class_names": spec.class_names,
+        "tolerance": MIXED_TOLERANCE if mixed else SCORE_TOLERANCE,
+    })
+    write_warmup(version / ModelDir.WARMUP, name, spec.samples)
+
+
+def write_version(model, spec: ExportSpec, version: Path, name: str) -> None:
+    """Write every file of one export version into `version` (a staging folder)."""
+    from tf_transfer.serving import signatures
+
+    fns = signatures.build(model, spec.class_names, spec.image_size, spec.top_k, spec.max_image_pixels)
+    model.save(str(version), save_format="tf", include_optimizer=False, signatures=fns)
+    signatures.mark_classify(str(version))
+    labels = "".join(f"{c}\n" for c in spec.class_names)
+    folders.write_text(version / ModelDir.LABELS, labels)
+    folders.write_json(version / ModelDir.CONFIG, spec.config)
+    folders.write_json(version / ModelDir.METRICS, spec.metrics)
+    if spec.samples:
+        _write_samples(version, model, spec, name)
+    if spec.tflite:
+        from tf_transfer.serving import tflite as tflite_lib
+
+        for variant in spec.tflite:
+            tflite_lib.convert(model, spec.image_size, variant, version / ModelDir.TFLITE, spec.representative)
+        folders.write_text(version / ModelDir.TFLITE_LABELS, labels)
+
+
+def export_classifier(model, spec: ExportSpec, export_root: str | Path, name: str,
+                      write: Callable[[object, ExportSpec, Path, str], None] = write_version) -> Path:
+    """Write, verify (if spec.verify) and publish the next version of <export_root>/<name>; returns its path."""
+    model_dir = ModelDir(Path(export_root) / name)
+    with model_dir.staging() as staged:
+        write(model, spec, staged, name)
+        if spec.verify:
+            result = verify_in_subprocess(staged)
+            log.info("Export verified in a fresh process: %d sample images, same top-1, max score diff %.2g",
+                     result["samples"], result["max_score_diff"])
+        final = model_dir.publish(staged)
+    log.info("Exported SavedModel to %s", final)
+    return final
+
+
+def verify(path: str | Path) -> dict:
+    """Reload an export and check its serving signature against the recorded training-time scores."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_transfer.serving import signatures
+
+    path = Path(path)
+    samples_file = path / ModelDir.SAMPLES
+    if not samples_file.is_file():
+        raise ExportError(f"{path} has no {ModelDir.SAMPLES}; expected an export written by tf_transfer")
+    recorded = json.loads(samples_file.read_text())
+    labels = (path / ModelDir.LABELS).read_text().splitlines()
+    loaded = tf.saved_model.load(str(path))
+    if signatures.DEFAULT not in loaded.signatures:
+        raise ExportError(f"{path}: no {signatures.DEFAULT} signature; found {', '.join(loaded.signatures)}")
+    images_bytes = [base64.b64decode(s) for s in recorded["images_b64"]]
+    out = loaded.signatures[signatures.DEFAULT](**{signatures.BYTES_INPUT: tf.constant(images_bytes)})
+    scores = out["scores"].numpy()
+    classes = [[c.decode() for c in row] for row in out["classes"].numpy()]
+    expected = np.asarray(recorded["scores"])
+    diff = float(np.abs(scores - expected).max())
+    same_top1 = bool((scores.argmax(-1) == expected.argmax(-1)).all())
+    top1 = [row[0].decode() for row in out["top_k_classes"].numpy()]
+    names_ok = (all(row == labels for row in classes) and labels == recorded["class_names"]
+                and top1 == [labels[i] for i in expected.argmax(-1)])
+    tolerance = recorded.get("tolerance", SCORE_TOLERANCE)
+    return {"path": str(path), "samples": len(images_bytes), "max_score_diff": diff, "tolerance": tolerance,
+            "same_top1": same_top1, "class_names_match": names_ok,
+            "ok": same_top1 and names_ok and diff <= tolerance}
+
+
+def verify_in_subprocess(path: str | Path, timeout: float = 600) -> dict:
+    """Run verify() in a fresh Python process, so nothing from training can leak into the check."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tf_transfer.export", "--verify", str(path), "--json"],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"verifying {path} did not finish within {timeout:.0f} s; nothing was published") from None
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise ExportError(f"verifying {path} failed in a fresh process; nothing was published:\n{proc.stderr[-2000:]}")
+    result = json.loads(lines[-1])
+    if not result.get("ok"):
+        raise ExportError(f"the export does not reproduce the trained model's predictions, so it was not "
+                          f"published: {result}")
+    return result
+
+
+def _pbtxt_string(value: str) -> str:
+    """A protobuf text-format string literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r") + '"'
+
+
+def write_models_config(export_root: str | Path) -> tuple[Path, Path]:
+    """TF Serving model config files for every model under export_root: models.config (paths as
+    mounted at /models in the tensorflow/serving container) and models.local.config (absolute paths)."""
+    root = Path(export_root).resolve()
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and ModelDir(p).versions()) if root.is_dir() else []
+    if not names:
+        raise ExportError(f"{root} holds no exported models; expected {root}/<name>/<version>/saved_model.pb")
+
+    def render(base) -> str:
+        entries = "".join(f"  config {{\n    name: {_pbtxt_string(n)}\n    base_path: {_pbtxt_string(base(n))}\n"
+                          '    model_platform: "tensorflow"\n  }\n' for n in names)
+        return f"model_config_list {{\n{entries}}}\n"
+
+    docker, local = root / "models.config", root / "models.local.config"
+    folders.write_text(docker, render(lambda n: f"/models/{n}"))
+    folders.write_text(local, render(lambda n: str(root / n)))
+    return docker, local
+
+
+def serving_commands(version_dir: str | Path) -> dict[str, str]:
+    """Shell commands (quoted for a POSIX shell) that serve this export with TF Serving (gRPC 8500, REST 8501)."""
+    version_dir = Path(version_dir).resolve()
+    model_dir, name = version_dir.parent, version_dir.parent.name
+    q = shlex.quote
+    return {
+        "docker": (f"docker run --rm -p 8500:8500 -p 8501:8501 "
+                   f"--mount {q(f'type=bind,source={model_dir},target=/models/{name}')} "
+                   f"-e {q(f'MODEL_NAME={name}')} -t tensorflow/serving"),
+        "tensorflow_model_server": (f"tensorflow_model_server --port=8500 --rest_api_port=8501 "
+                                    f"{q(f'--model_name={name}')} {q(f'--model_base_path={model_dir}')}"),
+        "docker_all_models": (f"docker run --rm -p 8500:8500 -p 8501:8501 "
+                              f"--mount {q(f'type=bind,source={model_dir.parent},target=/models')} "
+                              "-t tensorflow/serving --model_config_file=/models/models.config"),
+        "local_dev_server": f"python -m tf_transfer.serve {q(str(model_dir))}",
+    }

@@ -1,0 +1,72 @@
+"""Evaluate an exported model on labelled data: metrics, plots and report.html in an output folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from tf_transfer import folders
+from tf_transfer.config import DataConfig
+from tf_transfer.data import datasets, images, sources
+from tf_transfer.errors import DataError, ExportError
+from tf_transfer.evaluation import metrics as metrics_lib
+from tf_transfer.evaluation import report
+from tf_transfer.folders import ModelDir, RunDir
+
+log = logging.getLogger(__name__)
+
+
+def _examples(source: str, split: str, model_classes: list[str]) -> tuple[datasets.ImageData, sources.Catalog]:
+    """The readable examples of `source` (one split or all), labelled in the model's class order."""
+    catalog = sources.resolve(source)
+    unknown = sorted(set(catalog.class_names) - set(model_classes))
+    if unknown:
+        raise DataError(f"classes {', '.join(unknown)} in {catalog.location} are not classes of the model "
+                        f"(which knows {', '.join(model_classes)})")
+    parts = [s for s in catalog.partitions if split == "all" or s == split]
+    if not parts:
+        raise DataError(f"{catalog.location} has no {split} split; it has {', '.join(catalog.partitions)}")
+    examples = [e for s in parts for e in catalog.partitions[s]]
+    skipped = dict(catalog.skipped)
+    if catalog.kind != "tfds":
+        skipped.update(images.find_unreadable([e.key for e in examples]))
+    remap = {i: model_classes.index(name) for i, name in enumerate(catalog.class_names)}
+    examples = [sources.Example(e.key, remap[e.label]) for e in examples if e.key not in skipped]
+    if not examples:
+        raise DataError(f"no readable images to evaluate in {catalog.location}")
+    data = datasets.ImageData(model_classes, {"train": [], "val": [], "test": examples}, skipped, source,
+                              catalog.kind, catalog.tfds)
+    return data, catalog
+
+
+def evaluate_export(export: str, source: str, split: str = "all", output: str | None = None,
+                    batch_size: int = 32) -> Path:
+    """Evaluate an exported model on labelled data matched by class name; returns the output folder."""
+    import tensorflow as tf
+
+    path = folders.resolve_export(export)
+    labels_file = path / ModelDir.LABELS
+    if not labels_file.is_file():
+        raise ExportError(f"{path} has no {ModelDir.LABELS}; expected an export written by tf_transfer")
+    model_classes = labels_file.read_text().splitlines()
+    image_size = json.loads((path / ModelDir.CONFIG).read_text())["resolved"]["image_size"]
+    data, _ = _examples(source, split, model_classes)
+    ds = datasets.pipeline(data, "test", DataConfig(cache="none", augment=False, batch_size=batch_size),
+                           image_size, 0)
+    fn = tf.saved_model.load(str(path)).signatures["serving_pixels"]
+    labels, probs = metrics_lib.predict(lambda x: fn(pixels=x)["scores"].numpy(), ds)
+    m = metrics_lib.metrics(labels, probs, model_classes)
+    out = RunDir(Path(output) if output else Path("runs") / "evaluations" /
+                 f"{path.parent.name}-v{path.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.path.mkdir(parents=True, exist_ok=True)
+    out.write_json(RunDir.METRICS, m)
+    out.write_text(RunDir.METRICS_TEXT, metrics_lib.format_table(m, f"{path} on {source}") + "\n")
+    log.info("%s", metrics_lib.format_table(
+        m, f"{path} on {source} ({len(data.splits['test'])} images, {len(data.skipped)} skipped)"))
+    plot_paths = report.write_plots(out, model_classes, m, ds, labels, probs)
+    report.write_report(out, f"Evaluation of {path}", "eval", m, plot_paths, skipped=data.skipped,
+                        data_summary={"source": source, "counts": {n: {"test": m["per_class"][n]["support"]}
+                                                                   for n in model_classes}}, export_path=str(path))
+    return out.path

@@ -1,0 +1,143 @@
+"""What a run leaves after training: metrics per split (and of phase 1 alone), the from-scratch
+baseline, the verified export and the report. Only the chief of a multi-worker job writes them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tf_transfer.config import Config
+from tf_transfer.evaluation import metrics as metrics_lib
+from tf_transfer.evaluation import report
+from tf_transfer.folders import RunDir
+from tf_transfer.serving import savedmodel
+from tf_transfer.training.phases import Stage
+from tf_transfer.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: Config
+    metrics: dict
+    history: list[dict]
+    export_path: Path | None = None
+    model: object = field(default=None, repr=False)
+    class_names: list[str] = field(default_factory=list)
+    trainable_params: dict[str, int] = field(default_factory=dict)  # per stage
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+
+def evaluate_splits(model, splits: dict, class_names: list[str], config: Config,
+                    predictions: dict | None = None) -> dict:
+    """Metrics per split from one prediction pass each; keeps (labels, probs) in `predictions`."""
+    out = {}
+    for split, ds in splits.items():
+        if ds is not None:
+            labels, probs = metrics_lib.predict(model, ds)
+            out[split] = metrics_lib.metrics(labels, probs, class_names, config.evaluation.top_k)
+            if predictions is not None:
+                predictions[split] = (labels, probs)
+    return out
+
+
+def log_metrics(metrics: dict) -> None:
+    for split in ("val", "test"):
+        if split in metrics:
+            log.info("%s", metrics_lib.format_table(metrics[split], f"{split} split (final model):"))
+    rows = [(label, metrics.get(key, {}).get("test") if key else metrics.get("test"))
+            for label, key in (("phase 1 (frozen backbone)", "phase1"), ("final (fine-tuned)", None),
+                               ("from scratch, same budget", "baseline_scratch"))]
+    rows = [(label, m) for label, m in rows if m]
+    if len(rows) > 1:
+        log.info("Test accuracy: %s", "; ".join(f"{label} {m['accuracy']:.4f}" for label, m in rows))
+
+
+class Outputs:
+    """Evaluates, exports and reports one run (the modality says what the model's inputs are)."""
+
+    def __init__(self, config: Config, run: RunDir, modality, data, splits,
+                 baseline: Callable[[object], dict] | None = None):
+        self.config, self.run, self.modality = config, run, modality
+        self.data, self.splits = data, splits
+        self.baseline = baseline  # trains the from-scratch baseline on the same data, returns its metrics
+
+    def after_stage(self, stage: Stage, model) -> None:
+        """After phase 1 (when fine-tuning follows): its metrics alone, to show what fine-tuning adds."""
+        if stage.phase == 1 and stage.epochs and self.config.phase2.epochs:
+            self.run.write_json(RunDir.PHASE1_METRICS, evaluate_splits(model, self.splits.evaluation(),
+                                                                self.data.class_names, self.config))
+
+    def finish(self, trainer: Trainer, session) -> RunResult:
+        """Metrics, baseline, export and report; a non-chief worker's job ends with training."""
+        run, heads = self.run, self.modality.heads(self.data)
+        run.write_history(run.epochs(), trainer.stages)
+        result = RunResult(run.path, self.config, {}, run.epochs(), None, trainer.model, self.data.class_names,
+                           trainer.trainable_params)
+        if not run.chief:
+            log.info("Worker %d finished training; the chief writes metrics and the export", run.worker)
+            return result
+        if session.topology.workers > 1:  # evaluate and export a plain copy: the cluster's variables need every worker
+            result.model = self.modality.rebuild(heads, run.weights_file("final"))
+        predictions: dict = {}
+        result.metrics = self._metrics(result.model, predictions)
+        result.export_path = self._export(result.model, result.metrics)
+        if self.config.evaluation.report:
+            self._report(result.metrics, result.history, predictions, result.export_path)
+        log.info("Run folder: %s", run.path)
+        return result
+
+    def _metrics(self, model, predictions: dict) -> dict:
+        metrics = evaluate_splits(model, self.splits.evaluation(), self.data.class_names, self.config, predictions)
+        phase1 = self.run.read_json(RunDir.PHASE1_METRICS)
+        if phase1:
+            metrics["phase1"] = phase1
+        if self.baseline:
+            metrics["baseline_scratch"] = self.run.done("baseline") or self.baseline(self.data)
+            self.run.mark_done("baseline", metrics["baseline_scratch"])
+        self.run.write_json(RunDir.METRICS, metrics)
+        log_metrics(metrics)
+        return metrics
+
+    def _export(self, model, metrics: dict) -> Path | None:
+        """Export once per run: a resumed run that exported already reports that version again."""
+        if not self.config.export.enabled:
+            return None
+        done = self.run.done("export")
+        if done and Path(done).is_dir():
+            log.info("Exported earlier: %s", done)
+            return Path(done)
+        spec = self.modality.export_spec(model, self.data, metrics)
+        path = savedmodel.export_classifier(model, spec, self.config.export.export_dir, self.config.name)
+        self.run.mark_done("export", str(path))
+        self.run.write_export_path(path)
+        log.info("SavedModel: %s", path)
+        commands = savedmodel.serving_commands(path)
+        log.info("Serve it with TF Serving:\n  %s\n  %s\nor locally for development:\n  %s",
+                 commands["docker"], commands["tensorflow_model_server"], commands["local_dev_server"])
+        return path
+
+    def _report(self, metrics: dict, history: list[dict], predictions: dict, export_path) -> None:
+        split = "test" if "test" in predictions else "val"
+        if split not in predictions:
+            return
+        labels, probs = predictions[split]
+        self.run.write_text(RunDir.METRICS_TEXT, "\n\n".join(
+            metrics_lib.format_table(metrics[s], f"{s}:") for s in ("val", "test") if s in metrics) + "\n")
+        stages = self.run.history().get("stages", [])
+        boundary = next((s["last_epoch"] for s in stages if s["phase"] == 1), 0)
+        dataset = self.splits.test if split == "test" else self.splits.val
+        plot_paths = report.write_plots(self.run, self.data.class_names, metrics[split], dataset, labels, probs,
+                                        history=history, boundary=boundary, counts=self.data.counts())
+        path = report.write_report(
+            self.run, f"tf_transfer run {self.config.name}: {self.run.path.name}", split, metrics[split],
+            plot_paths, config=self.config.to_dict(),
+            data_summary={"source": self.data.source, "counts": self.data.counts()},
+            skipped=self.data.skipped, all_metrics=metrics, export_path=str(export_path) if export_path else None)
+        log.info("Report: %s", path)
