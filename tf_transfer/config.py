@@ -51,7 +51,12 @@ class DataConfig:
     translation: float = _opt(0.1, "Random translation, as a fraction of the image size.")
     contrast: float = _opt(0.1, "Random contrast factor.")
     class_weights: bool = _opt(False, "Weight the loss by balanced class weights (for imbalanced data).")
-    strict: bool = _opt(False, "Fail the run if any file cannot be read as an image, instead of skipping it.")
+    strict: bool = _opt(False, "Fail the run if any file cannot be read as an image (or lies outside the data "
+                        "folder), instead of skipping it (or warning).")
+    max_image_pixels: int = _opt(50_000_000, "Skip training images with more pixels than this (GIF: times its "
+                                 "frames), read from the file header before decoding.", flag="max-train-pixels")
+    dedupe: bool = _opt(False, "Drop byte-identical duplicate images before splitting (one copy kept; copies with "
+                        "conflicting labels are all dropped); duplicates are reported either way.")
     tfds_data_dir: str = _opt("", "Folder where TensorFlow Datasets stores data (TFDS default if empty).")
 
 
@@ -117,6 +122,9 @@ class ExportConfig:
                                  "file header, before decoding).")
     tflite: str = _opt("", "Also write TFLite models: a comma list of float, dynamic, float16, int8 "
                        "(a bare --tflite means float).", const="float")
+    warmup_from_data: bool = _opt(False, "Use a few test (or training) images as the export's verification "
+                                  "samples and TF Serving warm-up requests; by default they are generated images, "
+                                  "so no training data leaves with the model.", flag="warmup-from-data")
 
 
 @dataclass(frozen=True)
@@ -273,6 +281,7 @@ def validate(config: Config) -> Config:
     check(d.val_fraction + d.test_fraction < 1.0, "data.val_fraction + data.test_fraction", "less than 1",
           d.val_fraction + d.test_fraction)
     check(d.shuffle_buffer >= 1, "data.shuffle_buffer", "a positive integer", d.shuffle_buffer)
+    check(d.max_image_pixels >= 1, "data.max_image_pixels", "a positive integer", d.max_image_pixels)
     for name in ("rotation", "zoom", "translation", "contrast"):
         v = getattr(d, name)
         check(0.0 <= v < 1.0, f"data.{name}", "a value in [0, 1)", v)

@@ -341,6 +341,13 @@ class RunDir:
         self.write_json(self.STATE, state)
         return state
 
+    def run_id(self) -> str:
+        """A random id for this run, kept in its state (exports carry it, so a resumed run finds its export)."""
+        state = self.state()
+        if "run_id" not in state:
+            state = self.update_state(run_id=uuid.uuid4().hex)
+        return state["run_id"]
+
     def done(self, step: str) -> Any:
         """The recorded result of a finished step (None if it has not finished)."""
         return self.state().get("done", {}).get(step)
@@ -382,10 +389,10 @@ class RunDir:
     # --- data split
 
     def write_split(self, summary: dict, rows: list[list], skipped: dict[str, str]) -> None:
-        """The split manifest (split,label,class,key), the data summary and the skipped-file report."""
+        """The split manifest (split,label,class,key,sha256), the data summary and the skipped-file report."""
         if not self.chief:
             return
-        write_csv(self.path / self.SPLIT_MANIFEST, [["split", "label", "class", "key"], *rows])
+        write_csv(self.path / self.SPLIT_MANIFEST, [["split", "label", "class", "key", "sha256"], *rows])
         write_csv(self.path / self.SKIPPED, [["path", "reason"], *sorted(skipped.items())])
         self.write_json(self.DATA_SUMMARY, summary)
 
@@ -466,6 +473,14 @@ class ModelDir:
 
     def version_path(self, version: int) -> Path:
         return self.path / str(version)
+
+    def find(self, run_id: str) -> Path | None:
+        """The complete version exported by the run with this id, if there is one."""
+        for version in reversed(self.versions()):
+            config = read_json(self.version_path(version) / self.CONFIG, {}) or {}
+            if config.get("run", {}).get("id") == run_id:
+                return self.version_path(version)
+        return None
 
     def latest(self) -> Path:
         versions = self.versions()

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tf_transfer import folders
 from tf_transfer.config import DataConfig
-from tf_transfer.data import images, sources
+from tf_transfer.data import images, quality, sources
 from tf_transfer.data.sources import SPLITS, DataError, Example
 from tf_transfer.folders import RunDir
 
@@ -36,6 +36,7 @@ class ImageData:
     source: str = ""
     kind: str = "folder"
     tfds: dict | None = None
+    checks: dict = field(default_factory=dict)  # what prepare found: duplicates, files outside the data folder
 
     @property
     def num_classes(self) -> int:
@@ -68,9 +69,10 @@ class ImageData:
 
     def save(self, run: RunDir) -> None:
         """Save the split manifest, class counts and skipped-file report into a run folder."""
-        rows = [[split, e.label, self.class_names[e.label], e.key] for split in SPLITS for e in self.splits[split]]
+        rows = [[split, e.label, self.class_names[e.label], e.key, e.digest]
+                for split in SPLITS for e in self.splits[split]]
         summary = {"source": self.source, "kind": self.kind, "tfds": self.tfds, "class_names": self.class_names,
-                   "counts": self.counts(), "num_skipped": len(self.skipped)}
+                   "counts": self.counts(), "num_skipped": len(self.skipped), "checks": self.checks}
         run.write_split(summary, rows, self.skipped)
 
 
@@ -117,26 +119,50 @@ def _check_classes(class_names: list[str], splits: dict[str, list[Example]], loc
     small = [f"{class_names[c]} ({totals.get(c, 0)})" for c in range(len(class_names)) if totals.get(c, 0) < 2]
     if small:
         raise DataError(f"{location}: every class needs at least 2 readable images; too few in: {', '.join(small)}")
+    train = Counter(e.label for e in splits["train"])
+    untrained = [class_names[c] for c in range(len(class_names)) if not train.get(c)]
+    if untrained:
+        raise DataError(f"{location}: classes {', '.join(untrained)} have no training images (all of their images "
+                        "are in the given val/test splits); every class needs at least one")
+
+
+def _check_outside(catalog: sources.Catalog, strict: bool) -> None:
+    """Files that resolve outside the data folder (symlinks, '..' paths in a manifest): warn, or refuse."""
+    if not catalog.outside:
+        return
+    listing = "\n".join(f"  {sources.printable(p)}" for p in catalog.outside[:10])
+    message = f"{len(catalog.outside)} file(s) lie outside {catalog.location} (symlinks or '..' paths):\n{listing}"
+    if strict:
+        raise DataError(f"{message}\n--strict refuses files outside the data folder")
+    log.warning("%s", message)
 
 
 def prepare(cfg: DataConfig, seed: int) -> ImageData:
-    """Resolve the source, find unreadable files, split, and check the classes."""
+    """Resolve the source, find unreadable and duplicate files, split, and check the classes."""
     catalog = sources.resolve(cfg.source, cfg.tfds_data_dir)
+    _check_outside(catalog, cfg.strict)
     skipped = dict(catalog.skipped)
     if catalog.kind != "tfds":  # TFDS validates images when it prepares a dataset
         paths = [e.key for examples in catalog.partitions.values() for e in examples]
         log.info("Checking %d files in %s ...", len(paths), catalog.location)
-        skipped.update(images.find_unreadable(paths))
+        skipped.update(images.find_unreadable(paths, cfg.max_image_pixels))
     if skipped and cfg.strict:
         listing = "\n".join(f"  {p}: {r}" for p, r in sorted(skipped.items()))
         raise DataError(f"{len(skipped)} file(s) cannot be used (--strict):\n{listing}")
     partitions = {s: [e for e in ex if e.key not in skipped] for s, ex in catalog.partitions.items()}
+    duplicates = {}
+    if catalog.kind != "tfds":
+        partitions = quality.with_digests(partitions)
+        groups = quality.find_duplicates(partitions)
+        duplicates = quality.report(groups, catalog.class_names)
+        partitions = quality.dedupe(partitions, groups) if cfg.dedupe and groups else partitions
     splits = split_examples(partitions, cfg.val_fraction, cfg.test_fraction, seed)
     if catalog.kind == "tfds":  # list TFDS examples in the order the pipeline reads them
         for examples in splits.values():
             examples.sort(key=_tfds_order)
     _check_classes(catalog.class_names, splits, catalog.location)
-    return ImageData(catalog.class_names, splits, skipped, cfg.source, catalog.kind, catalog.tfds)
+    return ImageData(catalog.class_names, splits, skipped, cfg.source, catalog.kind, catalog.tfds,
+                     {"duplicates": duplicates, "outside": [sources.printable(p) for p in catalog.outside]})
 
 
 def load_split(run: RunDir) -> ImageData:
@@ -144,7 +170,7 @@ def load_split(run: RunDir) -> ImageData:
     summary, rows, skipped = run.read_split()
     splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
     for row in rows:
-        splits[row["split"]].append(Example(row["key"], int(row["label"])))
+        splits[row["split"]].append(Example(row["key"], int(row["label"]), row.get("sha256") or ""))
     return ImageData(summary["class_names"], splits, skipped, summary["source"], summary["kind"], summary["tfds"])
 
 
@@ -218,10 +244,47 @@ def encoded_images(data: ImageData, examples: list[Example]) -> tf.data.Dataset:
 
 
 def cache_key(examples: list[Example], image_size: int) -> str:
+    """A key over the examples (paths, labels and contents: the digest, else size and mtime) and the size."""
     h = hashlib.sha256(f"{image_size}\n".encode())
     for e in examples:
-        h.update(f"{e.key}\t{e.label}\n".encode())
+        content = e.digest
+        if not content and "://" not in e.key and os.path.exists(e.key):
+            stat = os.stat(e.key)
+            content = f"{stat.st_size}:{stat.st_mtime_ns}"
+        h.update(f"{e.key}\t{e.label}\t{content}\n".encode())
     return h.hexdigest()[:16]
+
+
+_CACHE_LOCKS: dict[str, object] = {}  # open lock files, held for the life of the process
+
+
+def disk_cache_prefix(folder: Path, name: str) -> str:
+    """The prefix for tf.data's on-disk cache of `name` in `folder`, safe against kills and concurrency.
+
+    A complete cache (its .index exists) is shared. Otherwise this process takes an exclusive lock on
+    the prefix: holding it, it removes what a killed writer left (tf.data's lockfile would make every
+    later run fail) and writes the cache; if another live process holds it, this one writes a private
+    cache whose name lets folders.sweep_partials remove it once the process is gone."""
+    import fcntl
+
+    prefix = str(folder / name)
+    if os.path.exists(prefix + ".index"):
+        return prefix
+    lock = open(prefix + ".owner", "a")  # kept open: the lock lasts as long as the process
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        folders.sweep_partials(folder)
+        private = str(folders.partial_path(folder / name))
+        log.info("Another run is writing the image cache %s; this run caches privately in %s", prefix, private)
+        return private
+    _CACHE_LOCKS[prefix] = lock
+    for stale in folder.glob(f"{name}_*.lockfile"):
+        stale.unlink(missing_ok=True)
+    for stale in folder.glob(f"{name}*.tempstate*"):
+        stale.unlink(missing_ok=True)
+    return prefix
 
 
 def _available_memory() -> int:
@@ -287,7 +350,7 @@ def pipeline(
         folder = Path(where).expanduser()
         folder.mkdir(parents=True, exist_ok=True)
         key = cache_key(examples, image_size) + (f"-shard{shard[1]}of{shard[0]}" if shard else "")
-        ds = ds.cache(str(folder / f"{split}-{key}"))
+        ds = ds.cache(disk_cache_prefix(folder, f"{split}-{key}"))
     if training:
         ds = ds.shuffle(min(cfg.shuffle_buffer, len(examples)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size or cfg.batch_size)

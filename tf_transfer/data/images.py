@@ -4,6 +4,7 @@ check that finds unreadable files before training starts."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -14,6 +15,8 @@ log = logging.getLogger(__name__)
 
 # Formats tf.io.decode_image reads; GIFs give their first frame.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_FILE_BYTES = 256 << 20  # a file larger than this is not read as one image
 
 
 def decode(contents: tf.Tensor) -> tf.Tensor:
@@ -45,23 +48,157 @@ def decode_jpeg_at_least(contents: tf.Tensor, size: int) -> tf.Tensor:
     return image
 
 
+def decode_any(contents: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 [H, W, 3]: JPEGs at the smallest DCT scale that keeps `size`, other formats in full."""
+    return tf.cond(tf.io.is_jpeg(contents), lambda: decode_jpeg_at_least(contents, size), lambda: decode(contents))
+
+
 def decode_and_resize(contents: tf.Tensor, size: int) -> tf.Tensor:
     """The one image path of tf_transfer: used by the data pipeline and by the exported model."""
-    image = tf.cond(tf.io.is_jpeg(contents), lambda: decode_jpeg_at_least(contents, size), lambda: decode(contents))
+    return resize(decode_any(contents, size), size)
+
+# --- sizes from the file header, before decoding -------------------------------------------------------
+
+MAX_GIF_BLOCKS = 50_000  # a GIF's block walk stops here (a few seconds at most); beyond it the file is refused
+FORMATS = ("unknown", "jpeg", "png", "gif", "bmp", "webp")
+
+
+def _uint(contents: tf.Tensor, offset: int, size: int, little_endian: bool = True) -> tf.Tensor:
+    """An unsigned integer of `size` bytes at `offset`, as int64."""
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, offset, size), tf.uint8), tf.int64)
+    weights = [256 ** i for i in range(size)]
+    return tf.reduce_sum(raw * tf.constant(weights if little_endian else weights[::-1], tf.int64))
+
+
+def _table_size(packed: tf.Tensor) -> tf.Tensor:
+    """Bytes of a GIF colour table announced by a packed-fields byte (0 when there is none)."""
+    return tf.where(packed >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), packed % 8), 0)
+
+
+def gif_frames(contents: tf.Tensor) -> tf.Tensor:
+    """How many frames a GIF holds, by walking its blocks as giflib reads them (the decoder expands
+    every frame to the full canvas); -1 when the walk needs more than MAX_GIF_BLOCKS steps."""
+    data = tf.cast(tf.io.decode_raw(contents, tf.uint8), tf.int64)
+    n = tf.size(data, out_type=tf.int64)
+
+    def byte(i):
+        return tf.gather(data, tf.clip_by_value(i, 0, n - 1))
+
+    def step(pos, in_blocks, frames, state):
+        b = byte(pos)
+        at_block = tf.logical_not(in_blocks)
+        image = tf.logical_and(at_block, tf.equal(b, 0x2C))  # descriptor, colour table, LZW code size
+        new_pos = tf.where(at_block, tf.where(image, pos + 11 + _table_size(byte(pos + 9)), pos + 2),
+                           pos + 1 + b)  # inside a chain of sub-blocks: length byte + data (0 ends it)
+        new_in_blocks = tf.logical_or(at_block, tf.not_equal(b, 0))
+        end = tf.logical_or(tf.logical_and(at_block, tf.logical_not(tf.logical_or(image, tf.equal(b, 0x21)))),
+                            new_pos >= n)  # the trailer (or anything giflib would refuse), or the end of data
+        return new_pos, new_in_blocks, frames + tf.cast(image, tf.int64), tf.logical_or(state, end)
+
+    start = tf.constant(13, tf.int64) + _table_size(byte(tf.constant(10, tf.int64)))
+    _, _, frames, finished = tf.while_loop(
+        lambda pos, in_blocks, frames, finished: tf.logical_not(finished), step,
+        [start, tf.constant(False), tf.constant(0, tf.int64), start >= n], maximum_iterations=MAX_GIF_BLOCKS)
+    return tf.where(finished, frames, tf.constant(-1, tf.int64))
+
+
+def _webp_size(contents: tf.Tensor) -> tf.Tensor:
+    """[height, width, frames] of a WebP; frames -1 for an animated one (refused: its frames are unbounded)."""
+    chunk = tf.strings.substr(contents, 12, 4)
+
+    def lossy():  # 'VP8 ': 14-bit sizes after the frame tag and start code
+        return tf.stack([_uint(contents, 28, 2) % 16384, _uint(contents, 26, 2) % 16384, tf.constant(1, tf.int64)])
+
+    def lossless():  # 'VP8L': 14-bit (width - 1) and (height - 1) packed after the signature byte
+        bits = _uint(contents, 21, 4)
+        return tf.stack([(bits // 16384) % 16384 + 1, bits % 16384 + 1, tf.constant(1, tf.int64)])
+
+    def extended():  # 'VP8X': 24-bit canvas (width - 1) and (height - 1); flag 0x02 marks an animation
+        animated = tf.equal(_uint(contents, 20, 1) // 2 % 2, 1)
+        return tf.stack([_uint(contents, 27, 3) + 1, _uint(contents, 24, 3) + 1,
+                         tf.where(animated, tf.constant(-1, tf.int64), 1)])
+
+    return tf.case([(tf.equal(chunk, b"VP8 "), lossy), (tf.equal(chunk, b"VP8L"), lossless),
+                    (tf.equal(chunk, b"VP8X"), extended)],
+                   default=lambda: tf.constant([0, 0, 1], tf.int64), exclusive=True)
+
+
+def header_info(contents: tf.Tensor) -> tf.Tensor:
+    """[format, height, width, frames] from the header (format indexes FORMATS; 0: not an image format
+    tf_transfer decodes). Nothing is decoded: the sizes are what the file claims."""
+    n = tf.strings.length(contents)
+    prefix = tf.strings.substr(contents, 0, 8)
+
+    def of(code: int, hw_frames) -> tf.Tensor:
+        return tf.concat([tf.constant([code], tf.int64), hw_frames], axis=0)
+
+    def jpeg():
+        return of(1, tf.concat([tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64), [1]], 0))
+
+    def png():
+        return of(2, tf.stack([_uint(contents, 20, 4, False), _uint(contents, 16, 4, False), tf.constant(1, tf.int64)]))
+
+    def gif():
+        return of(3, tf.stack([_uint(contents, 8, 2), _uint(contents, 6, 2), gif_frames(contents)]))
+
+    def bmp():
+        height = _uint(contents, 22, 4)
+        height = tf.where(height >= 2**31, 2**32 - height, height)  # negative (two's complement): top-down rows
+        return of(4, tf.stack([height, _uint(contents, 18, 4), tf.constant(1, tf.int64)]))
+
+    def webp():
+        return of(5, _webp_size(contents))
+
+    return tf.case([
+        (tf.logical_and(n >= 24, tf.equal(prefix, b"\x89PNG\r\n\x1a\n")), png),
+        (tf.logical_and(n >= 13, tf.equal(tf.strings.substr(prefix, 0, 3), b"GIF")), gif),
+        (tf.logical_and(n >= 26, tf.equal(tf.strings.substr(prefix, 0, 2), b"BM")), bmp),
+        (tf.logical_and(n >= 30, tf.logical_and(tf.equal(tf.strings.substr(prefix, 0, 4), b"RIFF"),
+                                                tf.equal(tf.strings.substr(contents, 8, 4), b"WEBP"))), webp),
+        (tf.io.is_jpeg(contents), jpeg),
+    ], default=lambda: tf.constant([0, 0, 0, 0], tf.int64), exclusive=False)
+
+
+def size_checks(contents: tf.Tensor, max_pixels: int) -> list:
+    """Assertions that refuse, before any decoding allocates memory: empty input, formats other than
+    JPEG/PNG/GIF/BMP/WebP, zero-sized images, animated WebP, GIFs too complex to walk, and images whose
+    pixels (times frames, for GIF) exceed `max_pixels`."""
+    tf.debugging.assert_positive(tf.strings.length(contents), message="empty image bytes")
+    info = header_info(contents)
+    fmt, h, w, frames = info[0], info[1], info[2], info[3]
+
+    def check(ok, message):
+        return tf.debugging.assert_equal(ok, True, message=message)
+
+    return [
+        check(fmt > 0, "not an image in a supported format (expected JPEG, PNG, GIF, BMP or WebP)"),
+        check(tf.logical_or(fmt == 0, tf.logical_and(h > 0, w > 0)), "image has zero width or height"),
+        check(frames >= 0, "animated WebP, or a GIF with too many blocks, is not supported"),
+        check(h * w * tf.maximum(frames, 1) <= max_pixels, f"image is larger than the limit of {max_pixels} pixels"),
+    ]
+
+
+def checked_decode(contents: tf.Tensor, size: int, max_pixels: int) -> tf.Tensor:
+    """Decode one encoded image to uint8 [size, size, 3] after size_checks (the serving path)."""
+    with tf.control_dependencies(size_checks(contents, max_pixels)):
+        image = decode_any(contents, size)
+    tf.debugging.assert_positive(tf.size(image), message="image has zero width or height")
     return resize(image, size)
 
 
-def _probe(contents: tf.Tensor) -> tf.Tensor:
-    """Decode enough to prove a file is a whole, non-empty image; returns its [H, W, C] shape.
+def _probe(contents: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    """Decode enough to prove a file is a whole, non-empty image within the pixel budget; returns its
+    [H, W, C] shape.
 
-    JPEGs are decoded at 1/8 scale: entropy decoding still reads every block (so truncation is
-    caught) while the inverse DCT costs a fraction.
+    The header checks run first (as in the exported model). JPEGs are decoded at 1/8 scale: entropy
+    decoding still reads every block (so truncation is caught) while the inverse DCT costs a fraction.
     """
-    shape = tf.cond(
-        tf.io.is_jpeg(contents),
-        lambda: tf.shape(tf.io.decode_jpeg(contents, channels=3, ratio=8)),
-        lambda: tf.shape(decode(contents)),
-    )
+    with tf.control_dependencies(size_checks(contents, max_pixels)):
+        shape = tf.cond(
+            tf.io.is_jpeg(contents),
+            lambda: tf.shape(tf.io.decode_jpeg(contents, channels=3, ratio=8)),
+            lambda: tf.shape(decode(contents)),
+        )
     tf.debugging.assert_positive(tf.reduce_prod(shape), message="image has zero size")
     return shape
 
@@ -82,16 +219,33 @@ def clean_error(error: Exception) -> str:
     return asserted.group(1) if asserted else text
 
 
-def find_unreadable(paths: Sequence[str]) -> dict[str, str]:
+def _too_big(paths: Sequence[str], max_file_bytes: int) -> dict[str, str]:
+    out = {}
+    for path in paths:
+        try:
+            size = os.stat(path).st_size
+        except OSError as e:
+            out[path] = f"cannot read: {e.strerror}"
+            continue
+        if size > max_file_bytes:
+            out[path] = f"file of {size} bytes is over the {max_file_bytes}-byte limit for one image"
+    return out
+
+
+def find_unreadable(paths: Sequence[str], max_pixels: int = DEFAULT_MAX_PIXELS,
+                    max_file_bytes: int = MAX_FILE_BYTES) -> dict[str, str]:
     """Decode every file once, in parallel; return {path: reason} for those that are not images.
 
-    Runs the same decoders as training, so a file that passes cannot fail mid-epoch.
+    Runs the same checks and decoders as training and serving, so a file that passes cannot fail
+    mid-epoch, and no file can make the check itself allocate without bound.
     """
     if not paths:
         return {}
     start = time.monotonic()
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), list(paths)))
-    ds = ds.map(lambda i, p: (i, _probe(tf.io.read_file(p))),
+    bad = _too_big(paths, max_file_bytes) if "://" not in paths[0] else {}
+    ids = [i for i, p in enumerate(paths) if p not in bad]
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(ids, tf.int64), [paths[i] for i in ids]))
+    ds = ds.map(lambda i, p: (i, _probe(tf.io.read_file(p), max_pixels)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     ds = ds.ignore_errors().prefetch(tf.data.AUTOTUNE)
     readable = set()
@@ -102,12 +256,12 @@ def find_unreadable(paths: Sequence[str]) -> dict[str, str]:
         if now - last_report > 10:
             log.info("  checked %d/%d files...", len(readable), len(paths))
             last_report = now
-    bad = {}
-    for i, path in enumerate(paths):
+    for i in ids:
         if i in readable:
             continue
+        path = paths[i]
         try:  # re-run eagerly only for the failures, to say why
-            _probe(tf.io.read_file(path))
+            _probe(tf.io.read_file(path), max_pixels)
             bad[path] = "could not be decoded"
         except (tf.errors.OpError, ValueError) as e:
             bad[path] = clean_error(e)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import difflib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ _SPLIT_ALIASES = {
 class Example:
     key: str  # a file path, or "<tfds split>:<index>" for TFDS
     label: int
+    digest: str = ""  # SHA-256 of the file's bytes, once the data check has read it
 
 
 @dataclass
@@ -37,6 +39,26 @@ class Catalog:
     partitions: dict[str, list[Example]]  # "all" for an unsplit pool, else train/val/test
     skipped: dict[str, str] = field(default_factory=dict)  # path -> reason
     tfds: dict | None = None  # name, data_dir, image_key, label_key
+    outside: list[str] = field(default_factory=list)  # files that resolve outside the data root (symlinks, ../)
+
+
+def printable(path: str | Path) -> str:
+    """A path as text that can be logged and written to UTF-8 files (undecodable bytes as \\xNN)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # bytes that were not UTF-8, kept as surrogates by the file system decoding
+        return False
+
+
+def _outside(files: list[str], root: Path) -> list[str]:
+    """The files whose real location is not under root (followed symlinks, '..' in a manifest)."""
+    base = root.resolve()
+    return [f for f in files if not Path(f).resolve().is_relative_to(base)]
 
 
 def _visible(name: str) -> bool:
@@ -86,11 +108,15 @@ def scan_folder(root: str | Path) -> Catalog:
             raise DataError(f"classes {', '.join(extra)} appear in {layout[split]} but not in {layout[train_key]}; "
                             "every class needs training images")
     index = {name: i for i, name in enumerate(class_names)}
+    skipped = {printable(p): "the file name is not valid UTF-8; rename the file"
+               for by_class in files_by_split.values() for files in by_class.values() for p in files
+               if not _utf8(str(p))}
     partitions = {
-        split: [Example(str(p), index[c]) for c in sorted(by_class) for p in by_class[c]]
+        split: [Example(str(p), index[c]) for c in sorted(by_class) for p in by_class[c] if _utf8(str(p))]
         for split, by_class in files_by_split.items()
     }
-    return Catalog("folder", str(root), class_names, partitions)
+    files = [e.key for examples in partitions.values() for e in examples]
+    return Catalog("folder", str(root), class_names, partitions, skipped, outside=_outside(files, root))
 
 
 def read_csv(path: str | Path) -> Catalog:
@@ -98,17 +124,21 @@ def read_csv(path: str | Path) -> Catalog:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"CSV manifest {path} does not exist")
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        header, rows, first_line = [c.strip().lower() for c in rows[0]], rows[1:], 2
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.reader(f)
+        rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+    if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["path", "label"]:
+        header, rows = [c.strip().lower() for c in rows[0][1]], rows[1:]
     else:
-        header, first_line = ["path", "label", "split"], 1
+        header = ["path", "label", "split"]
     if not rows:
         raise DataError(f"CSV manifest {path} lists no images; expected rows of path,label[,split]")
     split_col = header.index("split") if "split" in header else None
     entries, skipped = [], {}
-    for line, row in enumerate(rows, start=first_line):
+    for line, row in rows:
+        if not all(_utf8(cell) for cell in row):
+            skipped[f"{printable(path)}, line {line}"] = "the line is not valid UTF-8"
+            continue
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             raise DataError(f"{path}, line {line}: expected path,label[,split], got {','.join(row)!r}")
         file = Path(row[0].strip()).expanduser()
@@ -129,7 +159,8 @@ def read_csv(path: str | Path) -> Catalog:
         partitions.setdefault(split, []).append(Example(file, index[label]))
     if "all" in partitions and len(partitions) > 1:
         partitions.setdefault("train", []).extend(partitions.pop("all"))
-    return Catalog("csv", str(path), class_names, partitions, skipped=skipped)
+    return Catalog("csv", str(path), class_names, partitions, skipped=skipped,
+                   outside=_outside([f for _, f, _ in entries], path.parent))
 
 
 def _tfds_split_name(split: str) -> str | None:

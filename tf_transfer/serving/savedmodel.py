@@ -46,6 +46,48 @@ class ExportSpec:
     verify: bool = False  # reload in a fresh process before publishing
 
 
+def synthetic_images(size: int, count: int = 6, seed: int = 0) -> list[bytes]:
+    """Generated images (gradients, shapes and noise; JPEG and PNG; several sizes and aspect ratios) for
+    verification and warm-up, so that exports carry no training data unless asked to."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        h, w = (size, size) if i % 3 == 0 else (size + 17 * i, max(8, size - 5 * i)) if i % 3 == 1 else (2 * size, size)
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) * 255 // max(h + w - 2, 1)],
+                        axis=-1)
+        box = (slice(h // 4, h // 4 + h // 3), slice(w // 3, w // 3 + w // 3))
+        base[box] = rng.integers(0, 256, 3)
+        pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        encode = tf.io.encode_jpeg if i % 2 == 0 else tf.io.encode_png
+        out.append(encode(tf.constant(pixels)).numpy())
+    return out
+
+
+def redact_paths(config: dict) -> dict:
+    """The config with local paths cut to their last component, so an export does not reveal the
+    folders it was trained from; URLs, TFDS names and registry names stay."""
+    import copy
+
+    def local(value: str) -> bool:
+        return bool(value) and "://" not in value and ("/" in value or "\\" in value or Path(value).is_absolute())
+
+    def short(value: str) -> str:
+        prefix, sep, rest = value.partition(":") if value.startswith(("csv:", "hub:", "model:")) else ("", "", value)
+        return f"{prefix}{sep}{Path(rest).name}" if local(rest) else value
+
+    out = copy.deepcopy(config)
+    for section, key in (("data", "source"), ("data", "cache"), ("data", "tfds_data_dir"), ("model", "backbone"),
+                         ("model", "weights"), ("phase1", "feature_cache"), ("export", "export_dir"), ("", "runs_dir")):
+        node = out.get(section, {}) if section else out
+        if isinstance(node.get(key), str):
+            node[key] = short(node[key])
+    return out
+
+
 def write_warmup(path: Path, name: str, samples: Sequence[bytes]) -> int:
     """TF Serving warm-up records: PredictionLogs for serving_default (batch 1 and all samples)."""
     import tensorflow as tf

@@ -12,8 +12,9 @@ Signatures (names, inputs and outputs are documented in the README):
 
 Every path resizes and quantizes exactly as the training pipeline (``images.resize``), and the model
 applies its own preprocessing, so training and serving cannot disagree. Image sizes are read from
-the file header before decoding: zero-sized images and images over a pixel budget fail the request
-before any large allocation.
+the file header before decoding (``images.size_checks``, shared with the training-data scan):
+unsupported formats, zero-sized images, animated WebP and images over the pixel budget (GIF: width x
+height x frames) fail the request before any large allocation.
 """
 
 from __future__ import annotations
@@ -33,57 +34,6 @@ EXAMPLE_INPUT = "inputs"
 EXAMPLE_FEATURE = "image/encoded"
 
 
-def _int(contents: tf.Tensor, offset: int, size: int, little_endian: bool) -> tf.Tensor:
-    """An unsigned integer of `size` bytes at `offset`, as int64."""
-    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, offset, size), tf.uint8), tf.int64)
-    weights = [256 ** i for i in range(size)]
-    return tf.reduce_sum(raw * tf.constant(weights if little_endian else weights[::-1], tf.int64))
-
-
-def header_size(contents: tf.Tensor) -> tf.Tensor:
-    """[height, width] from the header of a JPEG, PNG, GIF or BMP; [-1, -1] for other formats."""
-    n = tf.strings.length(contents)
-    prefix = tf.strings.substr(contents, 0, 8)
-
-    def png():
-        return tf.stack([_int(contents, 20, 4, False), _int(contents, 16, 4, False)])
-
-    def gif():
-        return tf.stack([_int(contents, 8, 2, True), _int(contents, 6, 2, True)])
-
-    def bmp():
-        height = _int(contents, 22, 4, True)
-        height = tf.where(height >= 2**31, 2**32 - height, height)  # negative (two's complement): top-down rows
-        return tf.stack([height, _int(contents, 18, 4, True)])
-
-    def jpeg():
-        return tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64)
-
-    return tf.case([
-        (tf.logical_and(n >= 24, tf.equal(prefix, b"\x89PNG\r\n\x1a\n")), png),
-        (tf.logical_and(n >= 10, tf.equal(tf.strings.substr(prefix, 0, 3), b"GIF")), gif),
-        (tf.logical_and(n >= 26, tf.equal(tf.strings.substr(prefix, 0, 2), b"BM")), bmp),
-        (tf.io.is_jpeg(contents), jpeg),
-    ], default=lambda: tf.constant([-1, -1], tf.int64), exclusive=False)
-
-
-def checked_decode(contents: tf.Tensor, size: int, max_pixels: int) -> tf.Tensor:
-    """Decode one encoded image to uint8 [size, size, 3], refusing empty, zero-sized or huge images."""
-    tf.debugging.assert_positive(tf.strings.length(contents), message="empty image bytes")
-    hw = header_size(contents)
-    known = tf.reduce_all(hw >= 0)
-    checks = [
-        tf.debugging.assert_equal(tf.logical_or(tf.logical_not(known), tf.reduce_all(hw > 0)), True,
-                                  message="image has zero width or height"),
-        tf.debugging.assert_equal(tf.logical_or(tf.logical_not(known), hw[0] * hw[1] <= max_pixels), True,
-                                  message=f"image is larger than the limit of {max_pixels} pixels"),
-    ]
-    with tf.control_dependencies(checks):
-        image = images.decode(contents)
-    tf.debugging.assert_positive(tf.size(image), message="image has zero width or height")
-    return images.resize(image, size)
-
-
 def build(model, class_names: list[str], image_size: int, top_k: int, max_pixels: int) -> dict:
     """The tf.functions to save as signatures, keyed by signature name."""
     names = tf.constant(class_names)
@@ -100,7 +50,7 @@ def build(model, class_names: list[str], image_size: int, top_k: int, max_pixels
 
     def decode_batch(image_bytes):
         # Images decode independently: let the loop run them in parallel across cores.
-        return tf.map_fn(lambda b: checked_decode(b, image_size, max_pixels), image_bytes,
+        return tf.map_fn(lambda b: images.checked_decode(b, image_size, max_pixels), image_bytes,
                          fn_output_signature=spec, parallel_iterations=32)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])

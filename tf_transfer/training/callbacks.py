@@ -11,7 +11,26 @@ from tf_transfer._keras import keras
 from tf_transfer.errors import Preempted
 from tf_transfer.folders import RunDir
 
-__all__ = ["HistoryRecorder", "Preempted", "PreemptionSaver", "StateRecorder", "quiet_batch_timing"]
+__all__ = ["HistoryRecorder", "Preempted", "PreemptionSaver", "StageFinisher", "StateRecorder", "quiet_batch_timing"]
+
+
+class StageFinisher(keras.callbacks.Callback):
+    """When a stage's fit completes, save the model's weights and mark the stage done in the run folder,
+    before BackupAndRestore deletes its backup (place it after EarlyStopping, which restores the best
+    weights at the end, and before BackupAndRestore). A kill at any moment then leaves either the
+    backup to resume from or the finished stage, never neither."""
+
+    def __init__(self, run: RunDir, model, stage: str, weights: str, first_epoch: int):
+        super().__init__()
+        self.run, self.full_model, self.stage, self.weights = run, model, stage, weights
+        self.last_epoch = first_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_epoch = epoch + 1
+
+    def on_train_end(self, logs=None):
+        self.run.save_weights(self.full_model, self.weights)
+        self.run.mark_done(self.stage, self.last_epoch)
 
 
 def _plain(value):
@@ -124,5 +143,20 @@ class PreemptionSaver(keras.callbacks.Callback):
         self._restore()
         raise Preempted(f"SIGTERM: saved the training state in {where}")
 
+    def on_epoch_end(self, epoch, logs=None):
+        """A signal that came during the epoch's last steps or its validation: the epoch is complete, so
+        record it as finished and stop (resume starts at the next epoch)."""
+        if not self._requested:
+            return
+        state = self.backup._training_state
+        state._ckpt_saved_epoch.assign(epoch)
+        steps = (self.params or {}).get("steps") or 1
+        state._ckpt_saved_batch.assign(steps - 1)  # step-level backups: the last step of this epoch
+        self.backup._backup(epoch=epoch, batch=steps - 1)
+        self._restore()
+        raise Preempted(f"SIGTERM: saved the training state after epoch {epoch + 1}")
+
     def on_train_end(self, logs=None):
         self._restore()
+        if self._requested:  # after the last epoch: the stage is finished and recorded
+            raise Preempted("SIGTERM: the stage had finished and is saved")

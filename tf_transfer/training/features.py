@@ -112,7 +112,7 @@ def examples_digest(images: data_lib.ImageData, split: str) -> str:
     h = hashlib.sha256(json.dumps(images.tfds, sort_keys=True).encode() if images.kind == "tfds" else b"files")
     contents = [""] * len(examples)
     if images.kind != "tfds":  # TFDS records are immutable for a given name and version
-        with ThreadPoolExecutor(8) as pool:
+        with ThreadPoolExecutor(8) as pool:  # read now: a file may have changed since the split was made
             contents = list(pool.map(_file_digest, [e.key for e in examples]))
     for e, digest in zip(examples, contents, strict=True):
         h.update(f"{e.key}\t{e.label}\t{digest}\n".encode())

@@ -62,9 +62,10 @@ class Trainer:
             if stage.epochs:
                 inputs = (self.frozen_inputs() if stage.frozen and self.frozen_inputs else None) \
                     or Inputs(self.model, self.train, self.val)
-                self.epoch = self.fit(stage, inputs)
-            self.run.save_weights(self.model, weights)
-            self.run.mark_done(stage.name, self.epoch)
+                self.epoch = self.fit(stage, inputs, finish=weights)  # saves and marks the stage itself
+            else:
+                self.run.save_weights(self.model, weights)
+                self.run.mark_done(stage.name, self.epoch)
         self.stages.append({"name": stage.name, "phase": stage.phase, "first_epoch": first,
                             "last_epoch": self.epoch})
 
@@ -85,10 +86,15 @@ class Trainer:
         log.info("Phase %d (%s): %s trainable of %s parameters", stage.phase, what, f"{trainable:,}", f"{total:,}")
         self.trainable_params[stage.name] = trainable
 
-    def fit(self, stage: Stage, inputs: Inputs) -> int:
-        """Compile and fit; returns the number of the last epoch run (1-based, counted across stages)."""
+    def fit(self, stage: Stage, inputs: Inputs, finish: str | None = None) -> int:
+        """Compile and fit; returns the number of the last epoch run (1-based, counted across stages).
+        With `finish`, the model's weights are saved under that name and the stage marked done as the
+        fit completes."""
         phases.compile_for(inputs.model, stage, self.config)
         callbacks = self._callbacks(stage, inputs.val is not None)
+        if finish:
+            callbacks.insert(1 if stage.patience else 0,
+                             cb.StageFinisher(self.run, self.model, stage.name, finish, self.epoch))
         with cb.quiet_batch_timing():
             history = inputs.model.fit(
                 inputs.train, validation_data=inputs.val, initial_epoch=self.epoch,
@@ -103,7 +109,12 @@ class Trainer:
         save_freq = self.config.runtime.save_every or "epoch"
         # Keras' own callbacks write a non-chief worker's files to temporary places; ours skip them.
         backup = keras.callbacks.BackupAndRestore(str(self.run.backup_dir(stage.phase)), save_freq=save_freq)
-        callbacks = [
+        # Order matters at the end of training: EarlyStopping restores the best weights, then the stage is
+        # saved (see fit), then BackupAndRestore deletes its backup.
+        early = [keras.callbacks.EarlyStopping(monitor=monitor, patience=stage.patience, restore_best_weights=True,
+                                               verbose=1)] if stage.patience else []
+        return [
+            *early,
             cb.HistoryRecorder(self.run, stage.phase),
             backup,
             cb.PreemptionSaver(backup),
@@ -112,7 +123,3 @@ class Trainer:
                                             save_best_only=True, save_weights_only=True),
             keras.callbacks.TensorBoard(str(self.run.tensorboard_dir), write_graph=False, profile_batch=0),
         ]
-        if stage.patience:
-            callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=stage.patience,
-                                                           restore_best_weights=True, verbose=1))
-        return callbacks

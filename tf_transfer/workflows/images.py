@@ -18,6 +18,7 @@ from tf_transfer.data.datasets import ImageData
 from tf_transfer.folders import RunDir
 from tf_transfer.models import backbones, classifier
 from tf_transfer.models.classifier import HeadSpec
+from tf_transfer.serving import savedmodel
 from tf_transfer.serving.savedmodel import ExportSpec
 from tf_transfer.training import distribute, features, phases
 from tf_transfer.training.distribute import Session
@@ -147,10 +148,12 @@ class Images:
             ds = datasets.pipeline(data, "train", plain, self.image_size, c.seed, batch_size=1)
             representative = [x.numpy() for x, _ in ds.take(100)]
         resolved = {"image_size": self.image_size, "preprocess": model.get_layer("preprocess").mode}
+        samples = sample_bytes(data, "test" if data.splits["test"] else "train") if c.export.warmup_from_data \
+            else savedmodel.synthetic_images(self.image_size, seed=c.seed)
         return ExportSpec(
             class_names=data.class_names, image_size=self.image_size,
-            config={**c.to_dict(), "resolved": resolved}, metrics=metrics,
-            samples=sample_bytes(data, "test" if data.splits["test"] else "train"),
+            config={**savedmodel.redact_paths(c.to_dict()), "resolved": resolved}, metrics=metrics,
+            samples=samples,
             top_k=c.export.top_k, max_image_pixels=c.export.max_image_pixels, tflite=variants,
             representative=representative, verify=c.export.verify)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from tf_transfer.config import Config
 from tf_transfer.evaluation import metrics as metrics_lib
 from tf_transfer.evaluation import report
-from tf_transfer.folders import RunDir
+from tf_transfer.folders import ModelDir, RunDir
 from tf_transfer.serving import savedmodel
 from tf_transfer.training.phases import Stage
 from tf_transfer.training.trainer import Trainer
@@ -109,11 +109,14 @@ class Outputs:
         """Export once per run: a resumed run that exported already reports that version again."""
         if not self.config.export.enabled:
             return None
-        done = self.run.done("export")
-        if done and Path(done).is_dir():
-            log.info("Exported earlier: %s", done)
-            return Path(done)
+        run_id = self.run.run_id()
+        earlier = ModelDir(Path(self.config.export.export_dir) / self.config.name).find(run_id)
+        if earlier:  # also when a kill came between publishing and recording it
+            log.info("Exported earlier: %s", earlier)
+            self.run.mark_done("export", str(earlier))
+            return earlier
         spec = self.modality.export_spec(model, self.data, metrics)
+        spec.config["run"] = {"id": run_id, "folder": self.run.path.name}
         path = savedmodel.export_classifier(model, spec, self.config.export.export_dir, self.config.name)
         self.run.mark_done("export", str(path))
         self.run.write_export_path(path)
