@@ -98,7 +98,7 @@ def gif_frames(contents: tf.Tensor) -> tf.Tensor:
     start = tf.constant(13, tf.int64) + _table_size(byte(tf.constant(10, tf.int64)))
     _, _, frames, finished = tf.while_loop(
         lambda pos, in_blocks, frames, finished: tf.logical_not(finished), step,
-        [start, tf.constant(False), tf.constant(0, tf.int64), start >= n], maximum_iterations=MAX_GIF_BLOCKS)
+        (start, tf.constant(False), tf.constant(0, tf.int64), start >= n), maximum_iterations=MAX_GIF_BLOCKS)
     return tf.where(finished, frames, tf.constant(-1, tf.int64))
 
 
@@ -127,7 +127,9 @@ def header_info(contents: tf.Tensor) -> tf.Tensor:
     """[format, height, width, frames] from the header (format indexes FORMATS; 0: not an image format
     tf_transfer decodes). Nothing is decoded: the sizes are what the file claims."""
     n = tf.strings.length(contents)
-    prefix = tf.strings.substr(contents, 0, 8)
+    # Fixed-offset fields are read from a zero-padded copy of the first 64 bytes: reading past the end
+    # of a short input would fail with an unhelpful error (and copying the whole input is wasteful).
+    head = tf.strings.join([tf.strings.substr(contents, 0, 64), tf.constant(b"\0" * 64)])
 
     def of(code: int, hw_frames) -> tf.Tensor:
         return tf.concat([tf.constant([code], tf.int64), hw_frames], axis=0)
@@ -136,25 +138,27 @@ def header_info(contents: tf.Tensor) -> tf.Tensor:
         return of(1, tf.concat([tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64), [1]], 0))
 
     def png():
-        return of(2, tf.stack([_uint(contents, 20, 4, False), _uint(contents, 16, 4, False), tf.constant(1, tf.int64)]))
+        return of(2, tf.stack([_uint(head, 20, 4, False), _uint(head, 16, 4, False), tf.constant(1, tf.int64)]))
 
     def gif():
-        return of(3, tf.stack([_uint(contents, 8, 2), _uint(contents, 6, 2), gif_frames(contents)]))
+        return of(3, tf.stack([_uint(head, 8, 2), _uint(head, 6, 2), gif_frames(contents)]))
 
     def bmp():
-        height = _uint(contents, 22, 4)
+        height = _uint(head, 22, 4)
         height = tf.where(height >= 2**31, 2**32 - height, height)  # negative (two's complement): top-down rows
-        return of(4, tf.stack([height, _uint(contents, 18, 4), tf.constant(1, tf.int64)]))
+        return of(4, tf.stack([height, _uint(head, 18, 4), tf.constant(1, tf.int64)]))
 
     def webp():
-        return of(5, _webp_size(contents))
+        return of(5, _webp_size(head))
+
+    def starts(offset: int, magic: bytes):
+        return tf.equal(tf.strings.substr(head, offset, len(magic)), magic)
 
     return tf.case([
-        (tf.logical_and(n >= 24, tf.equal(prefix, b"\x89PNG\r\n\x1a\n")), png),
-        (tf.logical_and(n >= 13, tf.equal(tf.strings.substr(prefix, 0, 3), b"GIF")), gif),
-        (tf.logical_and(n >= 26, tf.equal(tf.strings.substr(prefix, 0, 2), b"BM")), bmp),
-        (tf.logical_and(n >= 30, tf.logical_and(tf.equal(tf.strings.substr(prefix, 0, 4), b"RIFF"),
-                                                tf.equal(tf.strings.substr(contents, 8, 4), b"WEBP"))), webp),
+        (tf.logical_and(n >= 24, starts(0, b"\x89PNG\r\n\x1a\n")), png),
+        (tf.logical_and(n >= 13, starts(0, b"GIF")), gif),
+        (tf.logical_and(n >= 26, starts(0, b"BM")), bmp),
+        (tf.logical_and(n >= 30, tf.logical_and(starts(0, b"RIFF"), starts(8, b"WEBP"))), webp),
         (tf.io.is_jpeg(contents), jpeg),
     ], default=lambda: tf.constant([0, 0, 0, 0], tf.int64), exclusive=False)
 

@@ -66,7 +66,7 @@ def report(groups: list[Duplicate], class_names: list[str]) -> dict:
     across = [g for g in groups if g.across_splits and not g.conflicting]
     out = {"groups": len(groups), "extra_copies": sum(len(g.members) - 1 for g in groups),
            "conflicting_labels": len(conflicting), "across_splits": len(across),
-           "examples": [show(g) for g in (conflicting + across + groups)[:20]]}
+           "examples": [show(g) for g in list(dict.fromkeys(conflicting + across + groups))[:20]]}
     if groups:
         log.warning("Found %d group(s) of byte-identical images (%d extra copies): %d with conflicting labels, %d "
                     "across given splits (test images also in training). --dedupe removes them before splitting. "

@@ -88,6 +88,8 @@ class ServedVersion:
         self.signature_defs = {k: v for k, v in proto.meta_graphs[0].signature_def.items() if not k.startswith("__")}
 
     def signature(self, name: str):
+        if not isinstance(name, str):
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"signature_name must be a string, got {type(name).__name__}")
         name = name or signatures.DEFAULT
         if name not in self.signature_defs:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"Serving signature name: \"{name}\" not found in signature def")

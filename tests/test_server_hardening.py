@@ -1,0 +1,265 @@
+"""The local server against hostile and unlucky clients: framing, stalls, huge tensors, client mistakes,
+aborted connections, and new versions appearing while it serves."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import resource
+import shutil
+import socket
+import threading
+import time
+from http import HTTPStatus
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_transfer import serving
+from tf_transfer.folders import ModelDir
+from tf_transfer.serving import rest
+from tf_transfer.serving import server as serve
+
+from .test_hardening import jpeg
+
+
+def raw_request(port: int, data: bytes, read_timeout: float = 10.0) -> tuple[int, bytes]:
+    """Send raw bytes, return (status, body) of the answer (status 0 if the server closed without one)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as s:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+                length = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(
+                    b"content-length:")]
+                if length and len(body) >= length[0]:
+                    break
+        except (ConnectionResetError, TimeoutError):
+            pass
+    text = b"".join(chunks)
+    if not text:
+        return 0, b""
+    return int(text.split(b" ", 2)[1]), text.partition(b"\r\n\r\n")[2]
+
+
+def post(port: int, path: str, body: bytes, extra: str = "") -> tuple[int, dict]:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+    status, payload = raw_request(port, head.encode() + body)
+    return status, json.loads(payload) if payload else {}
+
+
+@pytest.fixture(scope="module")
+def model_root(trained_run, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("served") / "shapes"
+    shutil.copytree(trained_run.export_path, root / "1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(model_root):
+    srv = serve.LocalServer([model_root], port=0, grpc_port=0, max_batch=16, max_body_mb=1, poll_seconds=0.2).start()
+    yield srv
+    srv.stop()
+
+
+# --- the HTTP front end, with a trivial app and short timeouts ------------------------------------------
+
+@pytest.fixture()
+def echo():
+    limits = rest.Limits(max_body_bytes=1000, header_timeout=0.5, idle_timeout=1.0, workers=2, max_pending=2)
+    app = lambda request: rest.Response(200, {"bytes": len(request.body)})  # noqa: E731
+    srv = rest.HttpServer(app, "127.0.0.1", 0, limits).start()
+    yield srv
+    srv.stop()
+
+
+def test_content_length_must_be_a_plain_number(echo):
+    assert raw_request(echo.port, b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n" + b"x" * 5000)[0] == 400
+    assert raw_request(echo.port, b"POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n")[0] == 400
+    assert raw_request(echo.port, b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello")[0] == 400
+    assert raw_request(echo.port, b"POST / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n" + b"x" * 2000)[0] == 413
+    assert raw_request(echo.port, b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello") == (200, b'{"bytes": 5}')
+
+
+def test_chunked_bodies_are_refused_and_cannot_desync_keep_alive(echo):
+    smuggled = (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                b"GET /smuggled HTTP/1.1\r\n\r\n")
+    status, body = raw_request(echo.port, smuggled)
+    assert status == 501 and b"smuggled" not in body and body.count(b"HTTP/1.1") == 0
+
+
+def test_keep_alive_answers_requests_in_order(echo):
+    two = b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab" + b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+    with socket.create_connection(("127.0.0.1", echo.port), timeout=5) as s:
+        s.sendall(two)
+        time.sleep(0.3)
+        data = s.recv(65536)
+    assert data.count(b"HTTP/1.1 200") == 2 and data.index(b'"bytes": 2') < data.index(b'"bytes": 3')
+
+
+def test_stalled_clients_are_cut_off_and_hold_no_thread(echo):
+    threads = threading.active_count()
+    stalled = []
+    for _ in range(300):
+        s = socket.create_connection(("127.0.0.1", echo.port), timeout=5)
+        s.sendall(b"POST / HTTP/1.1\r\nContent-Le")  # headers that never finish
+        stalled.append(s)
+    slow_body = socket.create_connection(("127.0.0.1", echo.port), timeout=5)
+    slow_body.sendall(b"POST / HTTP/1.1\r\nContent-Length: 900\r\n\r\nabc")  # a body that never finishes
+    started = time.monotonic()
+    assert raw_request(echo.port, b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx")[0] == 200
+    assert time.monotonic() - started < 2.0, "a real request waited behind stalled ones"
+    assert threading.active_count() <= threads + 4
+    time.sleep(2.0)  # past the header and body deadlines
+    assert all(s.recv(10) == b"" for s in stalled[:20]) and slow_body.recv(10) == b""
+    for s in [*stalled, slow_body]:
+        s.close()
+
+
+def test_a_full_queue_answers_503_at_once():
+    release = threading.Event()
+
+    def slow(request):
+        release.wait(10)
+        return rest.Response(200, {})
+
+    srv = rest.HttpServer(slow, "127.0.0.1", 0, rest.Limits(workers=1, max_pending=1)).start()
+    try:
+        waiting = [threading.Thread(target=raw_request, args=(srv.port, b"GET / HTTP/1.1\r\n\r\n")) for _ in range(2)]
+        for t in waiting:
+            t.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert raw_request(srv.port, b"GET / HTTP/1.1\r\n\r\n")[0] == 503
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+        srv.stop()
+
+
+# --- the model server ------------------------------------------------------------------------------------
+
+def test_client_mistakes_are_400_with_a_message(server):
+    path = "/v1/models/shapes:predict"
+    bad = [b'{"instances": [{"b64": 5}]}', b'{"instances": [{"b64": "!!!"}]}', b'{"instances": []}', b"[]",
+           b"not json", b'{"instances": [1], "inputs": [1]}', b"[" * 50000 + b"]" * 50000,
+           b'{"signature_name": "serving_pixels", "inputs": {"pixels": [[[[1, 2, 3]]], [[[1]]]]}}',
+           b'{"signature_name": "serving_pixels", "inputs": {"pixels": "text"}}',
+           b'{"signature_name": "nope", "instances": [1]}']
+    for body in bad:
+        status, answer = post(server.port, path, body)
+        assert status == 400 and answer["error"], (body[:40], status, answer)
+    status, answer = post(server.port, "/v1/models/shapes:classify", b'{"examples": [1, 2]}')
+    assert status == 400 and "objects" in answer["error"]
+    assert raw_request(server.port, b"GET /v1/models/shapes:predict HTTP/1.1\r\n\r\n")[0] == 405
+    assert raw_request(server.port, b"GET /v1/nothing HTTP/1.1\r\n\r\n")[0] == 404
+    assert raw_request(server.port, b"GET /v1/models/shapes/versions/x HTTP/1.1\r\n\r\n")[0] == 404
+
+
+def test_batches_are_refused_before_anything_is_decoded(server):
+    body = json.dumps({"instances": [{"b64": "A" * 40000}] * 20}).encode()  # 20 > --max-batch 16
+    started = time.monotonic()
+    status, answer = post(server.port, "/v1/models/shapes:predict", body)
+    assert status == 400 and "exceeds this server's limit of 16" in answer["error"]
+    assert time.monotonic() - started < 2.0
+
+
+def test_internal_errors_say_nothing_inside(server, monkeypatch, caplog):
+    from tf_transfer.serving.registry import ServedVersion
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("secret internal detail /etc/passwd")
+
+    monkeypatch.setattr(ServedVersion, "run", broken)
+    with caplog.at_level(logging.ERROR):
+        status, answer = post(server.port, "/v1/models/shapes:predict", b'{"instances": [{"b64": "AAAA"}]}')
+    assert status == 500 and "internal error (id " in answer["error"] and "secret" not in answer["error"]
+    error_id = answer["error"].split("id ")[1].split(")")[0]
+    assert error_id in caplog.text and "secret internal detail" in caplog.text  # the operator sees it
+
+
+def test_aborted_connections_do_not_flood_the_log(server, caplog):
+    with caplog.at_level(logging.DEBUG, logger="tf_transfer"):
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                s.sendall(b"POST /v1/models/shapes:predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{\"inst")
+    time.sleep(0.2)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "Traceback" not in caplog.text
+
+
+def test_grpc_splat_tensors_are_refused_before_expansion(server):
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cases = [("serving_pixels", "pixels", tf.float32, [1, 40000, 40000, 3]),
+             ("serving_pixels", "pixels", tf.float32, [1, 1, 2_000_000_000, 3]),
+             ("serving_default", "image_bytes", tf.string, [1_000_000]),
+             ("serving_pixels", "pixels", tf.float32, [10**6, 1, 1, 3])]
+    for signature, name, dtype, shape in cases:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.signature_name = "shapes", signature
+        proto = request.inputs[name]
+        proto.dtype = dtype.as_datatype_enum
+        proto.tensor_shape.dim.extend([proto.tensor_shape.Dim(size=d) for d in shape])
+        if dtype == tf.string:
+            proto.string_val.append(b"x")
+        else:
+            proto.float_val.append(0.0)
+        assert len(request.SerializeToString()) < 100
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predict(request, timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KB: nothing was expanded
+
+
+def test_new_versions_are_served_and_incomplete_ones_never(server, model_root, trained_run):
+    client = serving.RestClient(f"http://127.0.0.1:{server.port}", "shapes", timeout=30)
+    (model_root / "7").mkdir()  # incomplete: no saved_model.pb
+    broken = model_root / "8"
+    shutil.copytree(trained_run.export_path, broken)
+    (broken / ModelDir.SAVED_MODEL).write_bytes(b"not a saved model")
+    time.sleep(1.0)
+    assert [v["version"] for v in client.status()["model_version_status"]] == ["1"]
+    staged = model_root / ".staging"
+    shutil.copytree(trained_run.export_path, staged)
+    assert ModelDir(model_root).publish(staged).name == "9"
+    assert server.wait_for_version("shapes", 9, timeout=30)
+    assert [v["version"] for v in client.status()["model_version_status"]] == ["9"]  # latest policy: 1 unloaded
+    assert client.predict([jpeg(64)])[0].top_classes
+    with pytest.raises(serving.ModelNotFound):
+        serving.RestClient(f"http://127.0.0.1:{server.port}", "shapes", version=1).predict([jpeg(64)])
+
+
+def test_the_all_policy_serves_every_complete_version(model_root, tmp_path):
+    root = tmp_path / "m"
+    shutil.copytree(model_root / "1", root / "1")
+    shutil.copytree(model_root / "1", root / "2")
+    srv = serve.LocalServer([root], port=0, grpc_port=None, version_policy="all", poll_seconds=0).start()
+    try:
+        for version in (1, 2):
+            client = serving.RestClient(f"http://127.0.0.1:{srv.port}", "m", version=version)
+            assert client.predict([jpeg(64)])[0].top_classes
+    finally:
+        srv.stop()
+    with pytest.raises(Exception, match="--version-policy"):
+        serve.LocalServer([root], port=0, grpc_port=None, version_policy="newest")
+
+
+def test_the_server_still_answers_after_all_of_this(server):
+    body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg(64)).decode()}]}).encode()
+    status, answer = post(server.port, "/v1/models/shapes:predict", body)
+    assert status == HTTPStatus.OK and np.isclose(sum(answer["predictions"][0]["scores"]), 1.0, atol=1e-4)
