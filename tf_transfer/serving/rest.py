@@ -114,13 +114,21 @@ class HttpServer:
         self._pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="tf_transfer-rest")
         self._pending = 0
         self._connections = 0
-        self._server = self._loop.run_until_complete(asyncio.start_server(
-            self._connection, host, port, limit=limits.max_header_bytes, reuse_address=True))
-        self.port = self._server.sockets[0].getsockname()[1]
+        # The loop runs in its own thread from the start (the caller may be inside a running loop, as in
+        # Jupyter); the listening socket is created there, and start() opens it to connections.
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="tf_transfer-http")
+        self._thread.start()
+        listen = asyncio.start_server(self._connection, host, port, limit=limits.max_header_bytes,
+                                      reuse_address=True, start_serving=False)
+        try:
+            self._server = asyncio.run_coroutine_threadsafe(listen, self._loop).result(timeout=30)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            raise
+        self.port = self._server.sockets[0].getsockname()[1]
 
     def start(self) -> HttpServer:
-        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._server.start_serving(), self._loop).result(timeout=30)
         return self
 
     def stop(self) -> None:

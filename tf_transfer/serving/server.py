@@ -30,8 +30,12 @@ class LocalServer:
         self.port = self.http.port
         self.grpc, self.grpc_port = None, None
         if grpc_port is not None:
-            self.grpc, self.grpc_port = grpc_api.make_server(self.registry, limits, f"{host}:{grpc_port}", max_body,
-                                                             workers)
+            try:
+                self.grpc, self.grpc_port = grpc_api.make_server(self.registry, limits, f"{host}:{grpc_port}",
+                                                                 max_body, workers)
+            except BaseException:
+                self.http.stop()
+                raise
 
     def start(self) -> LocalServer:
         self.http.start()
