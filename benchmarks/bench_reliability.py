@@ -39,8 +39,11 @@ def _train(workdir: Path, name: str, extra=()) -> list[str]:
 
 
 def _history(workdir: Path, name: str) -> list[dict]:
-    runs = sorted((workdir / "runs" / name).glob("*/history.jsonl"))
-    return [json.loads(line) for line in runs[0].read_text().splitlines()] if runs else []
+    """Every epoch record written so far, repeats included (history.jsonl, read raw)."""
+    from tf_transfer.folders import RunDir
+
+    runs = sorted(p for p in (workdir / "runs" / name).glob("*") if (p / RunDir.HISTORY_LOG).is_file())
+    return [json.loads(line) for line in (runs[0] / RunDir.HISTORY_LOG).read_text().splitlines()] if runs else []
 
 
 def _kill_when(args: list[str], ready, timeout: float = 300) -> None:

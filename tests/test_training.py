@@ -138,7 +138,7 @@ def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
                    tmp_path / "killed.log")
     run_dir = only_run_dir(runs)
     state = RunDir(run_dir).state()
-    assert state["done"]["phase1"] == 2 and state["phase"] == 2 and "phase2" not in state["done"]
+    assert state["done"]["phase1"]["epoch"] == 2 and state["phase"] == 2 and "phase2" not in state["done"]
     lines_before = len(history_lines(run_dir))
 
     out = subprocess.run([sys.executable, "-m", "tf_transfer.train", "--resume", str(run_dir)],

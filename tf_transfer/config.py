@@ -101,15 +101,26 @@ class FrozenPhaseConfig(PhaseConfig):
 
 @dataclass(frozen=True)
 class FineTuneConfig(PhaseConfig):
-    learning_rate: float = _opt(0.0, "Learning rate (Adam); 0 uses a tenth of phase 1's.")
+    learning_rate: float = _opt(0.0, "Peak learning rate of fine-tuning; 0 uses a tenth of phase 1's.")
     unfreeze: str = _opt(
         "20",
         "What to unfreeze: the top N layers of the backbone, 'all', or a layer/block name prefix "
-        "(e.g. 'block_16') from which every layer above is unfrozen.",
+        "(e.g. 'block_16') from which every layer above is unfrozen; a comma list (e.g. '20,60,all') "
+        "unfreezes in stages, each continuing from the one before.",
         flag="unfreeze",
     )
+    stage_epochs: str = _opt("", "With staged unfreezing: epochs per stage as a comma list (default: phase 2's "
+                             "epochs split evenly, the remainder going to the last stages).", flag="stage-epochs")
     train_bn: bool = _opt(False, "Also train BatchNorm layers (otherwise they stay frozen, in inference mode).",
                          flag="train-bn")
+    lr_decay: float = _opt(1.0, "Discriminative learning rates: each backbone block below the top trains at this "
+                           "factor times the rate of the block above it (1: one rate for all).", flag="lr-decay")
+    schedule: str = _opt("constant", "Learning-rate schedule of each fine-tuning stage: constant, or cosine "
+                         "(linear warm-up, then cosine decay to zero).", flag="schedule",
+                         choices=("constant", "cosine"))
+    warmup: float = _opt(0.1, "With --schedule cosine: share of each stage's steps spent warming up.", flag="warmup")
+    weight_decay: float = _opt(0.0, "Decoupled weight decay (AdamW) in fine-tuning; 0 uses Adam.",
+                               flag="weight-decay")
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,8 @@ class ExportConfig:
                                  "file header, before decoding).")
     tflite: str = _opt("", "Also write TFLite models: a comma list of float, dynamic, float16, int8 "
                        "(a bare --tflite means float).", const="float")
+    tta: bool = _opt(False, "Serve test-time augmentation: average each image's scores with its horizontal flip "
+                     "(doubles serving cost).", flag="export-tta")
     warmup_from_data: bool = _opt(False, "Use a few test (or training) images as the export's verification "
                                   "samples and TF Serving warm-up requests; by default they are generated images, "
                                   "so no training data leaves with the model.", flag="warmup-from-data")
@@ -134,6 +147,8 @@ class EvalConfig:
                          choices=("none", "scratch"))
     report: bool = _opt(True, "Write plots and report.html into the run folder.")
     top_k: int = _opt(5, "k of the top-k accuracy in the metrics.", flag="metrics-top-k")
+    tta: bool = _opt(False, "Also evaluate with test-time augmentation (scores averaged with the horizontally "
+                     "flipped image) and report what it changes.")
 
 
 @dataclass(frozen=True)
@@ -155,6 +170,8 @@ class Config:
     name: str = _opt("classifier", "Name of the model: names the export folder and the run folder.")
     seed: int = _opt(42, "Random seed for splits, shuffling, augmentation and initialisation.")
     runs_dir: str = _opt("runs", "Root folder for run folders (<runs_dir>/<name>/<timestamp>/).")
+    monitor: str = _opt("val_loss", "What early stopping, best checkpoints and the keep-the-best rule between "
+                        "stages watch.", choices=("val_loss", "val_accuracy"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     phase1: FrozenPhaseConfig = field(default_factory=FrozenPhaseConfig)
@@ -310,8 +327,26 @@ def validate(config: Config) -> Config:
     check(e.max_image_pixels >= 1, "export.max_image_pixels", "a positive integer", e.max_image_pixels)
     bad = [v for v in e.tflite.split(",") if v and v not in TFLITE_VARIANTS]
     check(not bad, "export.tflite", f"a comma list of {', '.join(TFLITE_VARIANTS)}", e.tflite)
-    u = config.phase2.unfreeze
-    check(bool(u.strip()), "phase2.unfreeze", "a layer count, 'all' or a layer name prefix", u)
-    if u.lstrip("-").isdigit():
-        check(int(u) >= 0, "phase2.unfreeze", "a non-negative layer count", u)
+    _validate_fine_tuning(config.phase2, check)
     return config
+
+
+def _validate_fine_tuning(p2, check) -> None:
+    specs = [s.strip() for s in p2.unfreeze.split(",")]
+    check(all(specs), "phase2.unfreeze", "a layer count, 'all', a layer name prefix, or a comma list of them",
+          p2.unfreeze)
+    for spec in specs:
+        if spec.lstrip("-").isdigit():
+            check(int(spec) >= 0, "phase2.unfreeze", "non-negative layer counts", p2.unfreeze)
+    if p2.stage_epochs:
+        parts = [s.strip() for s in p2.stage_epochs.split(",")]
+        check(all(p.isdigit() for p in parts) and len(parts) == len(specs), "phase2.stage_epochs",
+              f"{len(specs)} comma-separated epoch counts (one per --unfreeze stage)", p2.stage_epochs)
+        check(sum(int(p) for p in parts if p.isdigit()) == p2.epochs, "phase2.stage_epochs",
+              f"epochs that add up to --phase2-epochs {p2.epochs}", p2.stage_epochs)
+    else:
+        check(p2.epochs == 0 or p2.epochs >= len(specs), "phase2.epochs",
+              f"at least one epoch per stage ({len(specs)} stages)", p2.epochs)
+    check(0.0 < p2.lr_decay <= 1.0, "phase2.lr_decay", "a factor in (0, 1]", p2.lr_decay)
+    check(0.0 <= p2.warmup < 1.0, "phase2.warmup", "a share of the steps in [0, 1)", p2.warmup)
+    check(p2.weight_decay >= 0.0, "phase2.weight_decay", "a non-negative number", p2.weight_decay)

@@ -24,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="when the data has its own splits, which one to use (default: all images)")
     parser.add_argument("--output", help="folder for metrics, plots and report (default: runs/evaluations/...)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--tta", action="store_true",
+                        help="also score with test-time augmentation (averaged with the horizontal flip)")
     args = parser.parse_args(argv)
 
     def body() -> int:
@@ -31,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.setup_logging()
         from tf_transfer.workflows import evaluation
 
-        out = evaluation.evaluate_export(args.export, args.data, args.split, args.output, args.batch_size)
+        out = evaluation.evaluate_export(args.export, args.data, args.split, args.output, args.batch_size, args.tta)
         print(f"Report: {RunDir(out).report_file}")
         return 0
 

@@ -294,12 +294,13 @@ class RunDir:
         """checkpoints/<which>.weights.h5 (which: phase1_final, final, ...)."""
         return self._own() / self.CHECKPOINTS / f"{which}.weights.h5"
 
-    def best_weights_file(self, phase: int) -> Path:
-        return self._own() / self.CHECKPOINTS / f"best_phase{phase}.weights.h5"
+    def best_weights_file(self, stage: str) -> Path:
+        """The best epoch's weights of a stage (phase1, phase2, phase2.1, ...)."""
+        return self._own() / self.CHECKPOINTS / f"best_{stage}.weights.h5"
 
-    def backup_dir(self, phase: int) -> Path:
-        """BackupAndRestore's folder (every worker passes the same one: Keras separates them)."""
-        return self.path / self.CHECKPOINTS / f"backup_phase{phase}"
+    def backup_dir(self, stage: str) -> Path:
+        """BackupAndRestore's folder for a stage (every worker passes the same one: Keras separates them)."""
+        return self.path / self.CHECKPOINTS / f"backup_{stage}"
 
     # --- writing (the chief writes shared records; workers' calls are no-ops)
 

@@ -8,19 +8,26 @@ import numpy as np
 EPS = 1e-7
 
 
-def predict(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+def predict(model, dataset, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(true labels, probabilities) from a single pass, so that the two always line up.
 
     `model` is a Keras model or any callable taking a float pixel batch and returning probabilities.
+    With `tta`, each image's probabilities are averaged with those of its horizontal flip.
     """
     labels, probs = [], []
     for x, y in dataset:
-        out = model(x, training=False) if hasattr(model, "trainable_weights") else model(x)
-        probs.append(np.asarray(out))
+        out = _call(model, x)
+        if tta:
+            out = (out + _call(model, x[:, :, ::-1, :])) / 2.0
+        probs.append(out)
         labels.append(np.argmax(y.numpy(), axis=-1))
     if not labels:
         return np.zeros((0,), int), np.zeros((0, 0), np.float32)
     return np.concatenate(labels), np.concatenate(probs)
+
+
+def _call(model, x) -> np.ndarray:
+    return np.asarray(model(x, training=False) if hasattr(model, "trainable_weights") else model(x))
 
 
 def confusion_matrix(labels: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:

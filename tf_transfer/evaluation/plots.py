@@ -11,8 +11,12 @@ from matplotlib.figure import Figure
 from tf_transfer import folders
 
 
-def history_curves(history: Sequence[dict], phase_boundary: int) -> Figure:
-    """Loss and accuracy per epoch (train and validation), with the phase-1/phase-2 boundary marked."""
+def history_curves(history: Sequence[dict], phase_boundary: int = 0, stages: Sequence[dict] = ()) -> Figure:
+    """Loss and accuracy per epoch (train and validation), with where fine-tuning (and each later
+    stage, from `stages` as the run's history records them) begins marked."""
+    marks = [(s["first_epoch"], s["name"]) for s in stages if s.get("phase", 1) > 1]
+    if not marks and phase_boundary:
+        marks = [(phase_boundary + 1, "fine-tuning")]
     fig = Figure(figsize=(11, 4), layout="constrained")
     epochs = [e["epoch"] for e in history]
     for ax, key in zip(fig.subplots(1, 2), ("loss", "accuracy"), strict=True):
@@ -21,9 +25,10 @@ def history_curves(history: Sequence[dict], phase_boundary: int) -> Figure:
             if any(v is not None for v in values):
                 ax.plot(epochs, [np.nan if v is None else v for v in values], style, ms=3,
                         label="validation" if prefix else "training")
-        if 0 < phase_boundary < (epochs[-1] if epochs else 0):
-            ax.axvline(phase_boundary + 0.5, color="grey", ls=":", lw=1.5)
-            ax.text(phase_boundary + 0.6, ax.get_ylim()[1], " fine-tuning", va="top", fontsize=8, color="grey")
+        for first, label in marks:
+            if 1 < first <= (epochs[-1] if epochs else 0):
+                ax.axvline(first - 0.5, color="grey", ls=":", lw=1.5)
+                ax.text(first - 0.4, ax.get_ylim()[1], f" {label}", va="top", fontsize=8, color="grey")
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.legend(fontsize=8)

@@ -39,14 +39,15 @@ def worst_indices(labels: np.ndarray, probs: np.ndarray, count: int = GRID) -> l
 
 
 def write_plots(run: RunDir, class_names: list[str], m: dict, dataset, labels: np.ndarray, probs: np.ndarray,
-                history: list[dict] | None = None, boundary: int = 0, counts: dict | None = None) -> dict[str, Path]:
+                history: list[dict] | None = None, stages: list[dict] | None = None,
+                counts: dict | None = None) -> dict[str, Path]:
     """Save every plot of a run or evaluation as PNG in its plots folder; returns {name: path}."""
     figures = {
         "confusion_matrix": plots.confusion(m["confusion_matrix"], class_names),
         "per_class_f1": plots.per_class_f1(m),
     }
     if history:
-        figures["curves"] = plots.history_curves(history, boundary)
+        figures["curves"] = plots.history_curves(history, stages=stages or [])
     if counts:
         figures["class_distribution"] = plots.class_distribution(counts)
     if len(labels):
@@ -89,6 +90,28 @@ def render(title: str, sections: list[tuple[str, str]]) -> str:
             f"<p>{time.strftime('%Y-%m-%d %H:%M')}</p>{body}</body></html>")
 
 
+def stages_table(stages: list[dict]) -> str:
+    """What each training stage unfroze, its epochs, its validation score, and whether it was kept."""
+    rows = []
+    for s in stages:
+        kept = "" if "kept" not in s else ("kept" if s["kept"] else f"rolled back to {s['rolled_back_to']}")
+        rows.append([s["name"], s.get("unfreeze") or "nothing (frozen)", f"{s['first_epoch']}-{s['last_epoch']}",
+                     f"{s['metric']} {s['score']:.4f}" if "score" in s else "", kept])
+    note = ("<p>A stage that does not beat the best weights so far on the monitored metric is rolled back to "
+            "them, so fine-tuning never leaves the model worse on validation.</p>")
+    return note + _table(["stage", "unfrozen", "epochs", "validation", "result"], rows)
+
+
+def _tta_note(metrics: dict) -> str:
+    tta = metrics.get("tta")
+    if not tta:
+        return ""
+    parts = [f"{split} accuracy {metrics[split]['accuracy']:.4f} -> {tta[split]['accuracy']:.4f} "
+             f"({tta[split]['accuracy'] - metrics[split]['accuracy']:+.4f})" for split in ("val", "test")
+             if split in tta and split in metrics]
+    return f"<p>Test-time augmentation (horizontal flip averaging): {html.escape('; '.join(parts))}.</p>"
+
+
 def comparison_rows(metrics: dict) -> list[list]:
     rows = []
     for label, key in (("phase 1 (frozen backbone)", "phase1"), ("final (after fine-tuning)", None),
@@ -102,12 +125,15 @@ def comparison_rows(metrics: dict) -> list[list]:
 
 def write_report(run: RunDir, title: str, split: str, m: dict, plot_paths: dict[str, Path], *,
                  config: dict | None = None, data_summary: dict | None = None, skipped: dict | None = None,
-                 all_metrics: dict | None = None, export_path: str | None = None) -> Path:
+                 all_metrics: dict | None = None, export_path: str | None = None,
+                 stages: list[dict] | None = None) -> Path:
     """report.html with every section available; returns its path."""
     sections = []
     if all_metrics:
         sections.append(("Summary", _table(["model", f"{split} accuracy", f"{split} log loss", "val accuracy"],
-                                           comparison_rows(all_metrics))))
+                                           comparison_rows(all_metrics)) + _tta_note(all_metrics)))
+    if stages:
+        sections.append(("Stages", stages_table(stages)))
     sections.append((f"Metrics ({split})", f"<pre>{html.escape(format_table(m))}</pre>"))
     sections.append(("Plots", "".join(_img(p) for p in plot_paths.values())))
     if data_summary:

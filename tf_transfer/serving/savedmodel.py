@@ -44,6 +44,7 @@ class ExportSpec:
     tflite: Sequence[str] = ()
     representative: Sequence = field(default_factory=list)  # calibration pixels for int8 TFLite
     verify: bool = False  # reload in a fresh process before publishing
+    tta: bool = False  # serve scores averaged with the horizontally flipped image
 
 
 def synthetic_images(size: int, count: int = 6, seed: int = 0) -> list[bytes]:
@@ -114,8 +115,11 @@ def _write_samples(version: Path, model, spec: ExportSpec, name: str) -> None:
 
     from tf_transfer.data import images
 
-    pixels = tf.stack([images.decode_and_resize(tf.constant(b), spec.image_size) for b in spec.samples])
-    scores = model(tf.cast(pixels, tf.float32), training=False).numpy()
+    pixels = tf.cast(tf.stack([images.decode_and_resize(tf.constant(b), spec.image_size) for b in spec.samples]),
+                     tf.float32)
+    scores = model(pixels, training=False).numpy()
+    if spec.tta:
+        scores = (scores + model(tf.reverse(pixels, axis=[2]), training=False).numpy()) / 2.0
     mixed = any(getattr(layer, "compute_dtype", "float32") != "float32" for layer in model.submodules
                 if hasattr(layer, "compute_dtype"))
     folders.write_json(version / ModelDir.SAMPLES, {
@@ -131,7 +135,7 @@ def write_version(model, spec: ExportSpec, version: Path, name: str) -> None:
     """Write every file of one export version into `version` (a staging folder)."""
     from tf_transfer.serving import signatures
 
-    fns = signatures.build(model, spec.class_names, spec.image_size, spec.top_k, spec.max_image_pixels)
+    fns = signatures.build(model, spec.class_names, spec.image_size, spec.top_k, spec.max_image_pixels, spec.tta)
     model.save(str(version), save_format="tf", include_optimizer=False, signatures=fns)
     signatures.mark_classify(str(version))
     labels = "".join(f"{c}\n" for c in spec.class_names)

@@ -34,15 +34,18 @@ EXAMPLE_INPUT = "inputs"
 EXAMPLE_FEATURE = "image/encoded"
 
 
-def build(model, class_names: list[str], image_size: int, top_k: int, max_pixels: int) -> dict:
-    """The tf.functions to save as signatures, keyed by signature name."""
+def build(model, class_names: list[str], image_size: int, top_k: int, max_pixels: int, tta: bool = False) -> dict:
+    """The tf.functions to save as signatures, keyed by signature name. With `tta`, every path averages
+    each image's scores with those of its horizontal flip."""
     names = tf.constant(class_names)
     k = max(1, min(top_k, len(class_names)))
     spec = tf.TensorSpec([image_size, image_size, 3], tf.uint8)
 
     def outputs(pixels_uint8):
-        scores = model(tf.cast(pixels_uint8, tf.float32), training=False)
-        scores = tf.cast(scores, tf.float32)
+        pixels = tf.cast(pixels_uint8, tf.float32)
+        scores = tf.cast(model(pixels, training=False), tf.float32)
+        if tta:
+            scores = (scores + tf.cast(model(tf.reverse(pixels, axis=[2]), training=False), tf.float32)) / 2.0
         classes = tf.tile(names[tf.newaxis], [tf.shape(scores)[0], 1])
         top_scores, top_index = tf.math.top_k(scores, k=k)
         return {"scores": scores, "classes": classes,

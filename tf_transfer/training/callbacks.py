@@ -63,17 +63,18 @@ def quiet_batch_timing():
 class HistoryRecorder(keras.callbacks.Callback):
     """Record one entry per epoch in the run folder (1-based epoch, phase, metrics, learning rate)."""
 
-    def __init__(self, run: RunDir, phase: int):
+    def __init__(self, run: RunDir, phase: int, stage: str = ""):
         super().__init__()
         self.run = run
-        self.phase = phase
+        self.phase, self.stage = phase, stage or f"phase{phase}"
         self._start = time.monotonic()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        entry = {"epoch": epoch + 1, "phase": self.phase, **{k: _plain(v) for k, v in (logs or {}).items()},
+        entry = {"epoch": epoch + 1, "phase": self.phase, "stage": self.stage,
+                 **{k: _plain(v) for k, v in (logs or {}).items()},
                  "seconds": round(time.monotonic() - self._start, 3)}
         lr = getattr(self.model.optimizer, "learning_rate", None)
         if lr is not None:

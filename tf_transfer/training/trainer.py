@@ -1,6 +1,11 @@
-"""Runs the recipe's stages on a model: freezing, compiling, fitting with the run's callbacks, and
-resuming. A stage that finished earlier (recorded in the run folder's state) is never run again: its
-weights are loaded instead, so ``--resume`` is idempotent.
+"""Runs the recipe's stages on a model: freezing, compiling, fitting with the run's callbacks, keeping
+the best weights so far, and resuming.
+
+A stage that finished earlier (recorded in the run folder's state) is never run again: its weights are
+loaded instead, so ``--resume`` is idempotent. After each stage the model is scored on the validation
+split; a stage that does not beat the best weights so far (on ``--monitor``) is rolled back to them,
+and the log and the run's history say so. Fine-tuning can therefore never leave the model worse on
+validation than the frozen phase did.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from tf_transfer.config import Config
 from tf_transfer.folders import RunDir
@@ -39,7 +46,9 @@ class Trainer:
         self.frozen_inputs = frozen_inputs  # e.g. the head on cached features (None: live images)
         self.epoch = 0
         self.trainable_params: dict[str, int] = {}
-        self.stages: list[dict] = []  # {"name", "phase", "first_epoch", "last_epoch"} per stage run so far
+        self.stages: list[dict] = []  # per stage run so far: name, phase, epochs, its score, what was kept
+        self.best = run.state().get("best")  # {"stage", "weights", "metric", "value"} (kept in memory too:
+        # every worker of a cluster decides alike, without waiting for the chief's state file)
 
     def run_stages(self, stages: list[Stage], after: Callable[[Stage, object], None] | None = None) -> None:
         """Run every stage; `after(stage, model)` is called once a stage is finished (not again on resume)."""
@@ -55,46 +64,56 @@ class Trainer:
         finished = self.run.done(stage.name)
         if finished is not None and self.run.has_weights(weights):
             self.run.load_weights(self.model, weights)
-            self.epoch = int(finished)
-            log.info("Phase %d finished earlier (%d epochs); continuing", stage.phase, self.epoch)
+            self.epoch, record = int(finished["epoch"]), finished
+            log.info("%s finished earlier (%d epochs); continuing", stage.describe().capitalize(), self.epoch)
         else:
-            self._prepare(stage)
-            if stage.epochs:
-                inputs = (self.frozen_inputs() if stage.frozen and self.frozen_inputs else None) \
-                    or Inputs(self.model, self.train, self.val)
-                self.epoch = self.fit(stage, inputs, finish=weights)  # saves and marks the stage itself
+            fitted = self.run.done(f"{stage.name}.fit")
+            if fitted is not None and self.run.has_weights(weights):  # killed between the fit and its scoring
+                self.run.load_weights(self.model, weights)
+                self.epoch = int(fitted)
             else:
-                self.run.save_weights(self.model, weights)
-                self.run.mark_done(stage.name, self.epoch)
-        self.stages.append({"name": stage.name, "phase": stage.phase, "first_epoch": first,
-                            "last_epoch": self.epoch})
+                self._fit_stage(stage, weights)
+            record = {"epoch": self.epoch, **self._keep_best(stage, weights)}
+            self.run.mark_done(stage.name, record)
+        self.stages.append({"name": stage.name, "phase": stage.phase, "unfreeze": stage.unfreeze,
+                            "first_epoch": first, "last_epoch": self.epoch,
+                            **{k: v for k, v in record.items() if k != "epoch"}})
+
+    def _fit_stage(self, stage: Stage, weights: str) -> None:
+        self._prepare(stage)
+        if stage.epochs:
+            inputs = (self.frozen_inputs() if stage.frozen and self.frozen_inputs else None) \
+                or Inputs(self.model, self.train, self.val)
+            self.epoch = self.fit(stage, inputs, finish=weights)  # saves the weights as the fit ends
+        else:
+            self.run.save_weights(self.model, weights)
+            self.run.mark_done(f"{stage.name}.fit", self.epoch)
 
     def _prepare(self, stage: Stage) -> None:
         """Freeze or unfreeze the backbone for a stage, and log what trains."""
         with self.model.distribute_strategy.scope():
             if stage.frozen:
                 classifier.freeze_backbone(self.model)
-                what = "backbone frozen"
             else:
                 unfrozen = classifier.unfreeze_top(self.model, stage.unfreeze, stage.train_bn)
-                log.info("Phase %d: --unfreeze %s unfroze %d backbone layers with weights (from %s up); BatchNorm %s",
-                         stage.phase, stage.unfreeze, len(unfrozen), unfrozen[0] if unfrozen else "-",
+                log.info("%s: unfroze %d backbone layers with weights (from %s up); BatchNorm %s",
+                         stage.describe().capitalize(), len(unfrozen), unfrozen[0] if unfrozen else "-",
                          "trains" if stage.train_bn else "stays frozen")
-                what = "fine-tuning"
         trainable = classifier.count_params(self.model.trainable_weights)
         total = classifier.count_params(self.model.weights)
+        what = "backbone frozen" if stage.frozen else "fine-tuning"
         log.info("Phase %d (%s): %s trainable of %s parameters", stage.phase, what, f"{trainable:,}", f"{total:,}")
         self.trainable_params[stage.name] = trainable
 
     def fit(self, stage: Stage, inputs: Inputs, finish: str | None = None) -> int:
         """Compile and fit; returns the number of the last epoch run (1-based, counted across stages).
-        With `finish`, the model's weights are saved under that name and the stage marked done as the
-        fit completes."""
-        phases.compile_for(inputs.model, stage, self.config)
+        With `finish`, the model's weights are saved under that name as the fit completes."""
+        steps = _steps_per_epoch(inputs.train)
+        phases.compile_for(inputs.model, stage, self.config, steps, backbone_model=self.model)
         callbacks = self._callbacks(stage, inputs.val is not None)
         if finish:
             callbacks.insert(1 if stage.patience else 0,
-                             cb.StageFinisher(self.run, self.model, stage.name, finish, self.epoch))
+                             cb.StageFinisher(self.run, self.model, f"{stage.name}.fit", finish, self.epoch))
         with cb.quiet_batch_timing():
             history = inputs.model.fit(
                 inputs.train, validation_data=inputs.val, initial_epoch=self.epoch,
@@ -105,21 +124,60 @@ class Trainer:
     def _callbacks(self, stage: Stage, has_validation: bool) -> list:
         from tf_transfer._keras import keras
 
-        monitor = phases.monitor(has_validation)
+        monitor, mode = phases.monitor(self.config, has_validation)
         save_freq = self.config.runtime.save_every or "epoch"
         # Keras' own callbacks write a non-chief worker's files to temporary places; ours skip them.
-        backup = keras.callbacks.BackupAndRestore(str(self.run.backup_dir(stage.phase)), save_freq=save_freq)
+        backup = keras.callbacks.BackupAndRestore(str(self.run.backup_dir(stage.name)), save_freq=save_freq)
         # Order matters at the end of training: EarlyStopping restores the best weights, then the stage is
         # saved (see fit), then BackupAndRestore deletes its backup.
-        early = [keras.callbacks.EarlyStopping(monitor=monitor, patience=stage.patience, restore_best_weights=True,
-                                               verbose=1)] if stage.patience else []
+        early = [keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=stage.patience,
+                                               restore_best_weights=True, verbose=1)] if stage.patience else []
         return [
             *early,
-            cb.HistoryRecorder(self.run, stage.phase),
+            cb.HistoryRecorder(self.run, stage.phase, stage.name),
             backup,
             cb.PreemptionSaver(backup),
             cb.StateRecorder(self.run, stage.phase),
-            keras.callbacks.ModelCheckpoint(str(self.run.best_weights_file(stage.phase)), monitor=monitor,
+            keras.callbacks.ModelCheckpoint(str(self.run.best_weights_file(stage.name)), monitor=monitor, mode=mode,
                                             save_best_only=True, save_weights_only=True),
             keras.callbacks.TensorBoard(str(self.run.tensorboard_dir), write_graph=False, profile_batch=0),
         ]
+
+    def _keep_best(self, stage: Stage, weights: str) -> dict:
+        """Score the stage on the validation split; roll back to the best weights so far if it did not
+        beat them. Returns what the run's history records about it."""
+        if self.val is None:
+            return {}
+        metric, mode = phases.monitor(self.config, True)
+        value = self.score(metric)
+        best = self.best
+        if best is None or (value > best["value"] if mode == "max" else value < best["value"]):
+            self.best = {"stage": stage.name, "weights": weights, "metric": metric, "value": value}
+            self.run.update_state(best=self.best)
+            return {"score": value, "metric": metric, "kept": True}
+        log.warning("%s did not beat %s on %s (%.4f against %.4f): keeping the weights of %s",
+                    stage.describe().capitalize(), best["stage"], metric, value, best["value"], best["stage"])
+        self.run.load_weights(self.model, best["weights"])
+        self.run.save_weights(self.model, weights)
+        return {"score": value, "metric": metric, "kept": False, "rolled_back_to": best["stage"]}
+
+    def score(self, metric: str) -> float:
+        """The model's val_loss or val_accuracy, from one pass over the validation split."""
+        from tf_transfer._keras import keras
+
+        loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=self.config.model.label_smoothing,
+                                                       reduction="sum")
+        total, correct, count = 0.0, 0, 0
+        for x, y in self.val:
+            p = self.model(x, training=False)
+            total += float(loss_fn(y, p))
+            correct += int(np.sum(np.argmax(p, -1) == np.argmax(y, -1)))
+            count += int(y.shape[0])
+        return correct / max(count, 1) if metric.endswith("accuracy") else total / max(count, 1)
+
+
+def _steps_per_epoch(dataset) -> int | None:
+    import tensorflow as tf
+
+    steps = int(tf.data.experimental.cardinality(dataset))
+    return steps if steps > 0 else None

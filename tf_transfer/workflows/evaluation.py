@@ -42,8 +42,9 @@ def _examples(source: str, split: str, model_classes: list[str]) -> tuple[datase
 
 
 def evaluate_export(export: str, source: str, split: str = "all", output: str | None = None,
-                    batch_size: int = 32) -> Path:
-    """Evaluate an exported model on labelled data matched by class name; returns the output folder."""
+                    batch_size: int = 32, tta: bool = False) -> Path:
+    """Evaluate an exported model on labelled data matched by class name; returns the output folder.
+    With `tta`, scores are averaged with the horizontally flipped image's (and both are reported)."""
     import tensorflow as tf
 
     path = folders.resolve_export(export)
@@ -58,6 +59,11 @@ def evaluate_export(export: str, source: str, split: str = "all", output: str | 
     fn = tf.saved_model.load(str(path)).signatures["serving_pixels"]
     labels, probs = metrics_lib.predict(lambda x: fn(pixels=x)["scores"].numpy(), ds)
     m = metrics_lib.metrics(labels, probs, model_classes)
+    if tta:
+        m_tta = metrics_lib.metrics(*metrics_lib.predict(lambda x: fn(pixels=x)["scores"].numpy(), ds, tta=True),
+                                    model_classes)
+        log.info("Test-time augmentation: accuracy %.4f -> %.4f", m["accuracy"], m_tta["accuracy"])
+        m["tta"] = {k: m_tta[k] for k in ("accuracy", "macro_avg", "log_loss")}
     out = RunDir(Path(output) if output else Path("runs") / "evaluations" /
                  f"{path.parent.name}-v{path.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.path.mkdir(parents=True, exist_ok=True)

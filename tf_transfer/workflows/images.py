@@ -155,7 +155,7 @@ class Images:
             config={**savedmodel.redact_paths(c.to_dict()), "resolved": resolved}, metrics=metrics,
             samples=samples,
             top_k=c.export.top_k, max_image_pixels=c.export.max_image_pixels, tflite=variants,
-            representative=representative, verify=c.export.verify)
+            representative=representative, verify=c.export.verify, tta=c.export.tta)
 
 
 def sample_bytes(data: ImageData, split: str, count: int = 8) -> list[bytes]:

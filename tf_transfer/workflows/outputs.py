@@ -35,12 +35,12 @@ class RunResult:
 
 
 def evaluate_splits(model, splits: dict, class_names: list[str], config: Config,
-                    predictions: dict | None = None) -> dict:
+                    predictions: dict | None = None, tta: bool = False) -> dict:
     """Metrics per split from one prediction pass each; keeps (labels, probs) in `predictions`."""
     out = {}
     for split, ds in splits.items():
         if ds is not None:
-            labels, probs = metrics_lib.predict(model, ds)
+            labels, probs = metrics_lib.predict(model, ds, tta)
             out[split] = metrics_lib.metrics(labels, probs, class_names, config.evaluation.top_k)
             if predictions is not None:
                 predictions[split] = (labels, probs)
@@ -98,6 +98,9 @@ class Outputs:
         phase1 = self.run.read_json(RunDir.PHASE1_METRICS)
         if phase1:
             metrics["phase1"] = phase1
+        if self.config.evaluation.tta:  # what averaging with the flipped image buys
+            metrics["tta"] = evaluate_splits(model, self.splits.evaluation(), self.data.class_names, self.config,
+                                             tta=True)
         if self.baseline:
             metrics["baseline_scratch"] = self.run.done("baseline") or self.baseline(self.data)
             self.run.mark_done("baseline", metrics["baseline_scratch"])
@@ -134,13 +137,13 @@ class Outputs:
         self.run.write_text(RunDir.METRICS_TEXT, "\n\n".join(
             metrics_lib.format_table(metrics[s], f"{s}:") for s in ("val", "test") if s in metrics) + "\n")
         stages = self.run.history().get("stages", [])
-        boundary = next((s["last_epoch"] for s in stages if s["phase"] == 1), 0)
         dataset = self.splits.test if split == "test" else self.splits.val
         plot_paths = report.write_plots(self.run, self.data.class_names, metrics[split], dataset, labels, probs,
-                                        history=history, boundary=boundary, counts=self.data.counts())
+                                        history=history, stages=stages, counts=self.data.counts())
         path = report.write_report(
             self.run, f"tf_transfer run {self.config.name}: {self.run.path.name}", split, metrics[split],
             plot_paths, config=self.config.to_dict(),
             data_summary={"source": self.data.source, "counts": self.data.counts()},
-            skipped=self.data.skipped, all_metrics=metrics, export_path=str(export_path) if export_path else None)
+            skipped=self.data.skipped, all_metrics=metrics, export_path=str(export_path) if export_path else None,
+            stages=stages)
         log.info("Report: %s", path)

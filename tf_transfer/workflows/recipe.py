@@ -126,7 +126,8 @@ def _baseline(config: Config, run: RunDir, session: Session, modality: Images):
         scratch, folder = scratch_config(config), run.baseline()
         log.info("Baseline: the same model from random initialisation, all layers trained, %d epochs (in %s)",
                  scratch.phase2.epochs, folder.path)
-        result = fine_tune(scratch, folder, session, type(modality)(scratch, prepared=data))
+        with folder.logging():
+            result = fine_tune(scratch, folder, session, type(modality)(scratch, prepared=data))
         return {k: v for k, v in result.metrics.items() if k in ("val", "test")}
 
     return train_baseline
