@@ -31,9 +31,13 @@ RUN = textwrap.dedent("""
 """)
 
 
-def _epoch_seconds(runs_dir: Path) -> float:
+def _run(runs_dir: Path) -> RunDir:
     (run,) = [RunDir(p) for p in runs_dir.glob("*/*") if (p / RunDir.HISTORY).is_file()]
-    epochs = run.history()["epochs"]
+    return run
+
+
+def _epoch_seconds(runs_dir: Path) -> float:
+    epochs = _run(runs_dir).history()["epochs"]
     return statistics.median(e["seconds"] for e in epochs[1:])  # the first epoch traces and fills caches
 
 
@@ -54,12 +58,15 @@ def run(workdir: Path) -> dict:
     mirrored = _train("mirrored", data, workdir, 8)  # 2 replicas x 8 = the same global batch of 16
     multi = _train("multiworker", data, workdir, 8)
     every_step = _train("default", data, workdir, 16, ["--save-every", "1"])
-    steps = -(-int(64 * 3 * 0.7 + 0.5) // 16)  # training images / global batch
+    counts = _run(workdir / "runs-default-0").read_json(RunDir.DATA_SUMMARY)["counts"]
+    train_images = sum(c["train"] for c in counts.values())
+    steps = -(-train_images // 16)  # global batch 16
     per_save = max(0.0, every_step - single) / steps
     return {"epoch_seconds": {"single": single, "mirrored_2cpu": mirrored, "multiworker_2proc": multi,
                               "single_save_every_step": every_step},
             "mirrored_overhead": mirrored / single, "multiworker_overhead": multi / single,
-            "save_seconds": per_save, "save_fraction_of_epoch": per_save / single, "steps_per_epoch": steps}
+            "save_seconds": per_save, "save_fraction_of_epoch": per_save / single, "steps_per_epoch": steps,
+            "train_images": train_images}
 
 
 if __name__ == "__main__":

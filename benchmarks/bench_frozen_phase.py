@@ -52,6 +52,8 @@ def run(workdir: Path, per_class: int = 100, repeats: int = 3) -> dict:
         "images": n,
         "images_per_s": ips,
         "ratio_plain_vs_in_memory": ips["pipeline_plain"] / ips["in_memory"],
+        "ratio_plain_spread": t.ratio("in_memory", "pipeline_plain"),
+        "ratio_augmented_spread": t.ratio("in_memory", "pipeline_augmented"),
         "ratio_augmented_vs_in_memory": ips["pipeline_augmented"] / ips["in_memory"],
     }
 

@@ -63,6 +63,9 @@ def run(workdir: Path, per_class: int = 200, repeats: int = 7) -> dict:
         "images": n,
         "images_per_s": ips,
         "ratio_vs_keras": ips["ours"] / ips["keras"],
+        "ratio_vs_keras_spread": t.ratio("keras", "ours"),  # seconds(keras) / seconds(ours) = speed ratio
+        "cached_epoch_ratio_spread": t.ratio("ours", "ours_cached"),
+        "scan_cost_spread": t.ratio("scan", "ours"),
         "ratio_vs_keras_prefetch": ips["ours"] / ips["keras_prefetch"],
         "cached_epoch_ratio": ips["ours_cached"] / ips["ours"],
     }

@@ -92,6 +92,7 @@ def run(workdir: Path, single_calls: int = 60, batch_repeats: int = 7, clients: 
     return {
         "batch32_images_per_s": {k: 32 / v for k, v in t.items()},
         "batch32_overhead": t["bytes_signature"] / t["keras_decoded"],
+        "batch32_overhead_spread": t.ratio("bytes_signature", "keras_decoded"),
         "single_bytes": _percentiles(single_bytes),
         "single_keras": _percentiles(single_keras),
         "server": {"clients": clients, "requests_per_s": server_rps, **_percentiles(latencies)},

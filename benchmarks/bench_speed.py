@@ -72,7 +72,8 @@ def _phase1(workdir: Path, epochs: int, augment: bool, views: int, per_class: in
     t = interleaved({"live": live, "cached": cached, "warm": warm}, repeats=repeats)
     return {"backbone": backbone, "epochs": epochs, "augment": augment, "views": views if augment else 1,
             "train_images": len(images_.splits["train"]), "seconds": t,
-            "speedup": t["live"] / t["cached"], "speedup_warm": t["live"] / t["warm"]}
+            "speedup": t["live"] / t["cached"], "speedup_warm": t["live"] / t["warm"],
+            "speedup_spread": t.ratio("live", "cached"), "speedup_warm_spread": t.ratio("live", "warm")}
 
 
 class _KerasDefaultStep(keras.Model):
@@ -106,7 +107,9 @@ def _phase2(size: int = 160, batch: int = BATCH, repeats: int = 5) -> dict:
     per_step = {k: v / 3 for k, v in t.items()}
     return {"layers": len(bb_layers), "top20_layers": len(bb_layers) // 5, "image_size": size, "batch": batch,
             "step_seconds": per_step, "ratio_top20_vs_all": per_step["top20"] / per_step["all"],
-            "ratio_ours_vs_keras_step": per_step["top20"] / per_step["top20_keras_step"]}
+            "ratio_ours_vs_keras_step": per_step["top20"] / per_step["top20_keras_step"],
+            "ratio_top20_vs_all_spread": t.ratio("top20", "all"),
+            "ratio_ours_vs_keras_step_spread": t.ratio("top20", "top20_keras_step")}
 
 
 def _large_photos(workdir: Path, count: int = 24, repeats: int = 5) -> dict:
@@ -124,16 +127,17 @@ def _large_photos(workdir: Path, count: int = 24, repeats: int = 5) -> dict:
                     repeats=repeats)
     ips = {k: count / v for k, v in t.items()}
     mb = sum(len(b) for b in blobs) / len(blobs) / 1e6
-    return {"images": count, "mb_per_image": mb, "images_per_s": ips, "speedup": ips["dct"] / ips["full"]}
+    return {"images": count, "mb_per_image": mb, "images_per_s": ips, "speedup": ips["dct"] / ips["full"],
+            "speedup_spread": t.ratio("full", "dct")}
 
 
 def run(workdir: Path, per_class: int = 200) -> dict:
     return {
-        "phase1_plain": _phase1(workdir, epochs=5, augment=False, views=1, per_class=per_class, repeats=2),
+        "phase1_plain": _phase1(workdir, epochs=5, augment=False, views=1, per_class=per_class, repeats=3),
         # Speed does not depend on weight values: random weights stand in for the ImageNet download.
-        "phase1_heavier": _phase1(workdir, epochs=5, augment=False, views=1, per_class=per_class, repeats=2,
+        "phase1_heavier": _phase1(workdir, epochs=5, augment=False, views=1, per_class=per_class, repeats=3,
                                   backbone="mobilenet_v2_1.0", weights="none"),
-        "phase1_augmented": _phase1(workdir, epochs=10, augment=True, views=3, per_class=per_class, repeats=2),
+        "phase1_augmented": _phase1(workdir, epochs=10, augment=True, views=3, per_class=per_class, repeats=3),
         "phase2": _phase2(),
         "large_photos": _large_photos(workdir),
     }

@@ -39,12 +39,29 @@ def write_photo_like_jpegs(root: Path, classes: int = 3, per_class: int = 100, s
     return root
 
 
-def interleaved(candidates: dict, repeats: int = 3) -> dict[str, float]:
-    """Median seconds per candidate, running them in turn so machine noise hits all alike."""
+class Timings(dict):
+    """Median seconds per candidate (the dict), with every repeat's seconds in `runs`."""
+
+    def __init__(self, runs: dict[str, list[float]]):
+        super().__init__({name: statistics.median(t) for name, t in runs.items()})
+        self.runs = runs
+
+    def ratio(self, a: str, b: str) -> dict[str, float]:
+        """min/median/max over repeats of seconds(a) / seconds(b), paired repeat by repeat."""
+        return spread([x / y for x, y in zip(self.runs[a], self.runs[b], strict=True)])
+
+
+def spread(values) -> dict[str, float]:
+    values = list(values)
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def interleaved(candidates: dict, repeats: int = 3) -> Timings:
+    """Seconds per candidate over `repeats` runs in turn, so machine noise hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return Timings(times)

@@ -124,3 +124,21 @@ def interrupt_when(args: list[str], ready: Callable[[], bool], log: Path, sig: i
                 proc.kill()
                 proc.wait()
     return proc.returncode, log.read_text()
+
+
+TWO_CPUS = """import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+
+
+def run_on_two_cpus(script: str, *args: str, timeout: float = 900) -> dict:
+    """Run a Python script in a fresh process whose CPU is split into two logical devices (a strategy with
+    two replicas on one machine); returns the JSON object the script prints last."""
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", TWO_CPUS + script, *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

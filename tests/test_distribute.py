@@ -16,7 +16,7 @@ from tf_transfer.folders import RunDir
 from tf_transfer.serving import savedmodel
 from tf_transfer.training import distribute
 
-from .conftest import SIZE, history_lines, interrupt_when, only_run_dir
+from .conftest import SIZE, history_lines, interrupt_when, only_run_dir, run_on_two_cpus
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -79,9 +79,6 @@ def test_mixed_float16_keeps_a_float32_head_and_a_float32_export(tmp_path):
 MIRRORED = textwrap.dedent("""
     import json, sys
     import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from tf_transfer import config as config_lib
     from tf_transfer.workflows import recipe
     base = config_lib.Config().replace(**{
@@ -100,10 +97,7 @@ MIRRORED = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_mirrored_on_two_logical_cpus_matches_the_default_strategy(shapes_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", MIRRORED, str(shapes_dir), str(tmp_path / "runs")],
-                          capture_output=True, text=True, env=ENV, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_on_two_cpus(MIRRORED, shapes_dir, tmp_path / "runs", timeout=600)
     assert out["mirrored"]["replicas"] == 2 and out["default"]["replicas"] == 1
     assert out["mirrored"]["val_loss"] == pytest.approx(out["default"]["val_loss"], abs=2e-3)
     np.testing.assert_allclose(out["mirrored"]["head"], out["default"]["head"], atol=2e-3)

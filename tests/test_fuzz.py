@@ -22,7 +22,7 @@ from PIL import Image
 from tf_transfer.data import images
 
 from .test_hardening import gif, webp_animated_header, webp_lossless_header
-from .test_server_hardening import model_root, raw_request, server  # noqa: F401 - fixtures
+from .test_server_hardening import model_root, predict_request, raw_request, server  # noqa: F401 - fixtures
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -142,21 +142,9 @@ DTYPES = [tf.float32, tf.uint8, tf.string, tf.int64, tf.float64, tf.bool]
        signature=st.sampled_from(["serving_default", "serving_pixels", "serving_pixels_uint8", "classify", ""]))
 def test_fuzz_grpc_tensors(server, dtype, dims, values, name, signature):  # noqa: F811
     import grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name, request.model_spec.signature_name = "shapes", signature
-    proto = request.inputs[name]
-    proto.dtype = dtype.as_datatype_enum
-    proto.tensor_shape.dim.extend([proto.tensor_shape.Dim(size=d) for d in dims])
-    if dtype == tf.string:
-        proto.string_val.extend(bytes([v]) * v for v in values)
-    elif dtype == tf.bool:
-        proto.bool_val.extend(bool(v % 2) for v in values)
-    elif dtype.is_integer:
-        proto.int64_val.extend(values) if dtype == tf.int64 else proto.int_val.extend(values)
-    else:
-        proto.float_val.extend(float(v) for v in values) if dtype == tf.float32 else proto.double_val.extend(values)
+    request = predict_request("shapes", signature, name, dtype, dims, values)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
     try:
         stub.Predict(request, timeout=30)

@@ -30,12 +30,14 @@ def test_there_are_five_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_is_committed_clean_with_badge_install_and_colab_defaults(path):
+def test_notebook_is_committed_clean_with_colab_instructions_install_and_colab_defaults(path):
     cells = _cells(path)
     code = [c for c in cells if c["cell_type"] == "code"]
     assert all(not c["outputs"] and c["execution_count"] is None for c in code), f"{path.name} has outputs"
-    assert "colab.research.google.com" in "".join(cells[0]["source"]) and path.name in "".join(cells[0]["source"])
-    assert "pip" in "".join(cells[1]["source"]) and "install" in "".join(cells[1]["source"])
+    assert "Open in Colab" in "".join(cells[0]["source"]) and path.name in "".join(cells[0]["source"])
+    install = "".join(cells[1]["source"])
+    assert "pip" in install and "TF_TRANSFER_SOURCE" in install
+    assert "github.com/" not in "".join(s for c in cells for s in c["source"]).replace("github.com/<owner>", "")
     params = "".join(_parameters_cell(path)["source"])
     assert "tfds:" in params, f"{path.name}: the data default should be the Colab TFDS path"
     # Library code lives in the package: cells call its API and define no functions or classes.

@@ -27,7 +27,7 @@ from tf_transfer.models import backbones, classifier
 from tf_transfer.serving import tflite
 from tf_transfer.training import phases
 
-from .conftest import SIZE, make_config
+from .conftest import SIZE, make_config, run_on_two_cpus
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -177,9 +177,6 @@ def test_a_hub_url_handle_is_downloaded_and_cached(hub_handle, tmp_path, monkeyp
 
 BASELINE_MIRRORED = """
 import json, sys
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tf_transfer import config as config_lib
 from tf_transfer.workflows import recipe
 config = config_lib.Config().replace(**{
@@ -194,10 +191,7 @@ print(json.dumps({"baseline": result.metrics["baseline_scratch"]["test"]["accura
 
 @pytest.mark.slow
 def test_the_scratch_baseline_runs_in_the_runs_own_strategy(shapes_dir, tmp_path):
-    out = subprocess.run([sys.executable, "-c", BASELINE_MIRRORED, str(shapes_dir), str(tmp_path / "runs")],
-                         capture_output=True, text=True, env=ENV, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_on_two_cpus(BASELINE_MIRRORED, shapes_dir, tmp_path / "runs")
     assert result["replicas"] == 2 and result["baseline"] is not None
     (run,) = (tmp_path / "runs" / "classifier").iterdir()
     assert "Strategy: mirrored, 2 replica(s)" in RunDir(run).baseline().log_file.read_text()

@@ -26,6 +26,30 @@ from tf_transfer.serving import server as serve
 from .test_hardening import jpeg
 
 
+def predict_request(model: str, signature: str, name: str, dtype, dims: list[int], values: list[int]):
+    """A gRPC PredictRequest with one input tensor of any declared shape and the given values."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = model, signature
+    proto = request.inputs[name]
+    proto.dtype = dtype.as_datatype_enum
+    proto.tensor_shape.dim.extend([proto.tensor_shape.Dim(size=d) for d in dims])
+    if dtype == tf.string:
+        proto.string_val.extend(bytes([v % 256]) * max(v, 1) for v in values)
+    elif dtype == tf.bool:
+        proto.bool_val.extend(bool(v % 2) for v in values)
+    elif dtype == tf.int64:
+        proto.int64_val.extend(values)
+    elif dtype.is_integer:
+        proto.int_val.extend(values)
+    elif dtype == tf.float64:
+        proto.double_val.extend(float(v) for v in values)
+    else:
+        proto.float_val.extend(float(v) for v in values)
+    return request
+
+
 def raw_request(port: int, data: bytes, read_timeout: float = 10.0) -> tuple[int, bytes]:
     """Send raw bytes, return (status, body) of the answer (status 0 if the server closed without one)."""
     with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as s:
@@ -201,7 +225,7 @@ def test_aborted_connections_do_not_flood_the_log(server, caplog):
 
 def test_grpc_splat_tensors_are_refused_before_expansion(server):
     import grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -210,15 +234,7 @@ def test_grpc_splat_tensors_are_refused_before_expansion(server):
              ("serving_default", "image_bytes", tf.string, [1_000_000]),
              ("serving_pixels", "pixels", tf.float32, [10**6, 1, 1, 3])]
     for signature, name, dtype, shape in cases:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name, request.model_spec.signature_name = "shapes", signature
-        proto = request.inputs[name]
-        proto.dtype = dtype.as_datatype_enum
-        proto.tensor_shape.dim.extend([proto.tensor_shape.Dim(size=d) for d in shape])
-        if dtype == tf.string:
-            proto.string_val.append(b"x")
-        else:
-            proto.float_val.append(0.0)
+        request = predict_request("shapes", signature, name, dtype, shape, [0])
         assert len(request.SerializeToString()) < 100
         with pytest.raises(grpc.RpcError) as e:
             stub.Predict(request, timeout=10)

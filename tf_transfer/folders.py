@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -83,6 +84,15 @@ def write_csv(path: str | Path, rows) -> Path:
             csv.writer(f).writerows(rows)
 
     return atomic_write(path, write)
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
@@ -291,8 +301,10 @@ class RunDir:
         return self.path if self.chief else self.path / self.WORKERS / f"worker-{self.worker}"
 
     def weights_file(self, which: str) -> Path:
-        """checkpoints/<which>.weights.h5 (which: phase1_final, final, ...)."""
-        return self._own() / self.CHECKPOINTS / f"{which}.weights.h5"
+        """checkpoints/<which>.h5 (which: phase1_final, final, ...). Keras' layer-by-layer HDF5 weights: they
+        load into a model whatever its compile state (the .weights.h5 format also checks metrics and
+        optimizer, so a compiled model could not roll back to weights saved before compiling)."""
+        return self._own() / self.CHECKPOINTS / f"{which}.h5"
 
     def best_weights_file(self, stage: str) -> Path:
         """The best epoch's weights of a stage (phase1, phase2, phase2.1, ...)."""
@@ -326,7 +338,8 @@ class RunDir:
         path = self.weights_file(which)
         if not path.is_file():
             raise RunError(f"{self.path} has no {path.relative_to(self.path)}; expected a run that got that far")
-        model.load_weights(str(path))
+        with logs.hidden("absl", "Skipping variable loading for optimizer"):  # the model's weights are what we load
+            model.load_weights(str(path))
 
     def has_weights(self, which: str) -> bool:
         return self.weights_file(which).is_file()

@@ -33,6 +33,26 @@ def setup(log_file: str | Path | None = None, verbose: bool = False) -> logging.
     return handler
 
 
+class _Without(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextlib.contextmanager
+def hidden(logger: str, text: str) -> Iterator[None]:
+    """Drop one known, harmless message of a library's logger while the block runs."""
+    quiet, target = _Without(text), logging.getLogger(logger)
+    target.addFilter(quiet)
+    try:
+        yield
+    finally:
+        target.removeFilter(quiet)
+
+
 @contextlib.contextmanager
 def to_file(log_file: str | Path) -> Iterator[Path]:
     """Copy tf_transfer's log records into `log_file` while the block runs."""

@@ -3,13 +3,13 @@ splits, with conflicting labels), and what ``--dedupe`` keeps of them."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tf_transfer.data.sources import Example
+from tf_transfer.folders import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +32,11 @@ class Duplicate:
         return len({p for p, _ in self.members}) > 1
 
 
-def _digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def with_digests(partitions: dict[str, list[Example]]) -> dict[str, list[Example]]:
     """The examples with the SHA-256 of their file's bytes (read in parallel)."""
     members = [e for examples in partitions.values() for e in examples]
     with ThreadPoolExecutor(8) as pool:
-        digests = dict(zip([e.key for e in members], pool.map(lambda e: _digest(e.key), members), strict=True))
+        digests = dict(zip([e.key for e in members], pool.map(lambda e: file_digest(e.key), members), strict=True))
     return {p: [Example(e.key, e.label, digests[e.key]) for e in examples] for p, examples in partitions.items()}
 
 

@@ -32,6 +32,17 @@ def gather_images(dataset, indices: list[int]) -> np.ndarray:
     return np.stack([found[int(i)] for i in indices])
 
 
+def sample_indices(labels: np.ndarray, count: int = GRID) -> list[int]:
+    """Examples drawn across classes in turn (the first of each class, then the second, ...)."""
+    by_class = [list(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    picked: list[int] = []
+    for rank in range(max((len(b) for b in by_class), default=0)):
+        picked.extend(int(b[rank]) for b in by_class if rank < len(b))
+        if len(picked) >= count:
+            break
+    return picked[:count]
+
+
 def worst_indices(labels: np.ndarray, probs: np.ndarray, count: int = GRID) -> list[int]:
     """The examples with the highest loss (misclassified first, as they have the highest loss)."""
     loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], EPS, 1.0))
@@ -51,7 +62,7 @@ def write_plots(run: RunDir, class_names: list[str], m: dict, dataset, labels: n
     if counts:
         figures["class_distribution"] = plots.class_distribution(counts)
     if len(labels):
-        sample = list(range(min(GRID, len(labels))))
+        sample = sample_indices(labels)
         figures["samples"] = plots.predictions_grid(gather_images(dataset, sample), labels[sample], probs[sample],
                                                     class_names, "sample predictions")
         worst = worst_indices(labels, probs)

@@ -95,6 +95,12 @@ class ServedVersion:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"Serving signature name: \"{name}\" not found in signature def")
         return name, self.signature_defs[name]
 
+    def input_kind(self) -> str:
+        """What serving_default takes: 'image' (encoded image bytes), 'text' (strings) or 'tensor'."""
+        sig = self.signature_defs.get(signatures.DEFAULT)
+        inputs = set(sig.inputs) if sig is not None else set()
+        return "image" if signatures.BYTES_INPUT in inputs else "text" if "text" in inputs else "tensor"
+
     def input_dtypes(self, name: str) -> dict[str, tf.DType]:
         return {k: tf.dtypes.as_dtype(v.dtype) for k, v in self.signature(name)[1].inputs.items()}
 

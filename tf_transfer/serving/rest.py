@@ -114,6 +114,7 @@ class HttpServer:
         self._pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="tf_transfer-rest")
         self._pending = 0
         self._connections = 0
+        self._tasks: set[asyncio.Task] = set()  # open connections, closed by stop()
         # The loop runs in its own thread from the start (the caller may be inside a running loop, as in
         # Jupyter); the listening socket is created there, and start() opens it to connections.
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="tf_transfer-http")
@@ -132,18 +133,26 @@ class HttpServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening, close every open connection (kept-alive ones included), stop the loop."""
         async def close():
             self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._server.wait_closed()
 
         if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+            self._loop.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections += 1
+        task = asyncio.current_task()
+        self._tasks.add(task)
         try:
             if self._connections > self.limits.max_connections:
                 await self._send(writer, Response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"}),
@@ -152,10 +161,11 @@ class HttpServer:
             first = True
             while await self._one_request(reader, writer, first):
                 first = False
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError):
-            pass  # the client went away or stalled: nothing to answer
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError, asyncio.CancelledError):
+            pass  # the client went away or stalled (or the server stops): nothing to answer
         finally:
             self._connections -= 1
+            self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

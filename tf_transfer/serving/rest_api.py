@@ -5,22 +5,37 @@
     POST /v1/models/<name>[/versions/<v>]:predict     {"instances": [...]} or {"inputs": ...}
     POST /v1/models/<name>[/versions/<v>]:classify    {"examples": [...]}
 
-Sizes are checked before anything is decoded; every answer is JSON, errors as {"error": "..."}.
+and, beside TF Serving's API, a page to try the models in a browser:
+
+    GET  /                                            the page (static; it calls :predict like any client)
+    GET  /ui/models                                   the served models, their versions and input kind
+    GET  /ui/card/<name>/<version>                    a model card: labels, config and metrics of the export
+
+Sizes are checked before anything is decoded; API answers are JSON, errors as {"error": "..."}.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import html
 import json
 import re
 from http import HTTPStatus
+from pathlib import Path
 
 import numpy as np
 
+from tf_transfer.folders import ModelDir
 from tf_transfer.serving.registry import Registry, RequestError, ServedVersion, ServeLimits, internal_error
 from tf_transfer.serving.rest import Request, Response
 
+PAGE = Path(__file__).resolve().parents[1] / "assets" / "page.html"
+_CARD = re.compile(r"^/ui/card/(?P<name>[^/]+)/(?P<version>[0-9]{1,18})$")
+# The page runs its own inline script and style, and talks to this server only.
+_PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                                            "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:",
+                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18}))?(?P<rest>:predict|:classify|/metadata)?$")
 
@@ -141,6 +156,8 @@ class RestApp:
 
     def __call__(self, request: Request) -> Response:
         try:
+            if request.method == "GET" and (request.path.split("?")[0] == "/" or request.path.startswith("/ui/")):
+                return self.ui(request.path.split("?")[0])
             return Response(HTTPStatus.OK, self.route(request))
         except RequestError as e:
             return Response(e.status, {"error": str(e)})
@@ -165,6 +182,20 @@ class RestApp:
         allowed = "GET" if rest in ("", "/metadata") else "POST"
         raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here; use {allowed}")
 
+    def ui(self, path: str) -> Response:
+        """The try-it page, the model list it reads, and model cards."""
+        if path == "/":
+            return Response(HTTPStatus.OK, PAGE.read_bytes(), "text/html; charset=utf-8", dict(_PAGE_HEADERS))
+        if path == "/ui/models":
+            return Response(HTTPStatus.OK, {"models": [
+                {"name": name, "versions": [str(v) for v in sorted(m.versions, reverse=True)],
+                 "input": m.get(None).input_kind()} for name, m in sorted(self.registry.models.items())]})
+        match = _CARD.match(path)
+        if not match:
+            raise RequestError(HTTPStatus.NOT_FOUND, f"Malformed request: GET {path[:200]}")
+        card = model_card(self.registry.get(match["name"], match["version"]))
+        return Response(HTTPStatus.OK, card.encode(), "text/html; charset=utf-8", dict(_PAGE_HEADERS))
+
     @staticmethod
     def _json(raw: bytes) -> dict:
         try:
@@ -182,3 +213,21 @@ class RestApp:
         spec = {"name": model.path.parent.name, "signature_name": "", "version": str(model.version)}
         return {"model_spec": spec, "metadata": {"signature_def": json_format.MessageToDict(
             model.metadata_proto(), preserving_proto_field_name=True)}}
+
+
+def model_card(model: ServedVersion) -> str:
+    """A self-contained HTML page: the export's labels, metrics and config (every value escaped)."""
+    def read(name: str) -> str:
+        path = model.path / name
+        return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+
+    labels = [line for line in read(ModelDir.LABELS).splitlines() if line]
+    metrics, config = read(ModelDir.METRICS), read(ModelDir.CONFIG)
+    items = "".join(f"<li>{html.escape(label)}</li>" for label in labels)
+    title = html.escape(f"{model.path.parent.name}, version {model.version}")
+    sections = [("Labels", f"<ol>{items}</ol>"), ("Metrics", f"<pre>{html.escape(metrics)}</pre>"),
+                ("Config", f"<pre>{html.escape(config)}</pre>")]
+    body = "".join(f"<h2>{name}</h2>{content}" for name, content in sections)
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>body{{font-family:"
+            f"system-ui,sans-serif;max-width:980px;margin:2em auto}}pre{{background:#f7f7f7;padding:.8em;"
+            f"overflow-x:auto;font-size:12px}}</style></head><body><h1>{title}</h1>{body}</body></html>")

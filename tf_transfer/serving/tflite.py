@@ -52,9 +52,19 @@ def convert(model, image_size: int, variant: str, out_dir: Path, representative:
     return path
 
 
+def interpreter_class():
+    """LiteRT's interpreter (ai_edge_litert, the successor of tf.lite.Interpreter, which is deprecated),
+    or TensorFlow's where ai_edge_litert does not install."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - platforms without an ai_edge_litert wheel
+        return tf.lite.Interpreter
+    return Interpreter
+
+
 def predict(path: str | Path, pixels: np.ndarray) -> np.ndarray:
-    """Scores for a batch of uint8/float pixels [N, S, S, 3] with the TFLite interpreter (one at a time)."""
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    """Scores for a batch of uint8/float pixels [N, S, S, 3] with the LiteRT interpreter (one at a time)."""
+    interpreter = interpreter_class()(model_path=str(path))
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import signal
 import time
 
+from tf_transfer import logs
 from tf_transfer._keras import keras
 from tf_transfer.errors import Preempted
 from tf_transfer.folders import RunDir
@@ -40,24 +39,13 @@ def _plain(value):
         return str(value)
 
 
-class _NoBatchTimingWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "is slow compared to the batch time" not in record.getMessage()
-
-
-@contextlib.contextmanager
 def quiet_batch_timing():
     """Hide Keras' "callback is slow compared to the batch time" warning while fitting.
 
     A head trained on cached features takes a millisecond or two per step, so any per-step callback
     (our pre-emption check) trips it although its cost is negligible in the run.
     """
-    logger, quiet = logging.getLogger("tensorflow"), _NoBatchTimingWarning()
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
+    return logs.hidden("tensorflow", "is slow compared to the batch time")
 
 
 class HistoryRecorder(keras.callbacks.Callback):

@@ -98,14 +98,6 @@ def extractor(model: keras.Model, image_size: int):
     return tf.function(lambda x: features_of(x, training=False), input_signature=[spec])
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def examples_digest(images: data_lib.ImageData, split: str) -> str:
     """A digest of a split's examples in order: keys, labels and (for files) their contents."""
     examples = images.splits[split]
@@ -113,7 +105,7 @@ def examples_digest(images: data_lib.ImageData, split: str) -> str:
     contents = [""] * len(examples)
     if images.kind != "tfds":  # TFDS records are immutable for a given name and version
         with ThreadPoolExecutor(8) as pool:  # read now: a file may have changed since the split was made
-            contents = list(pool.map(_file_digest, [e.key for e in examples]))
+            contents = list(pool.map(folders.file_digest, [e.key for e in examples]))
     for e, digest in zip(examples, contents, strict=True):
         h.update(f"{e.key}\t{e.label}\t{digest}\n".encode())
     return h.hexdigest()
@@ -170,7 +162,7 @@ def load(folder: Path, material: dict) -> FeatureSet | None:
             problem = "its manifest is for different inputs"
         elif not records.is_file() or records.stat().st_size != manifest.get("bytes"):
             problem = f"{RECORDS} is missing or has the wrong size (a partial write)"
-        elif _file_digest(str(records)) != manifest.get("sha256"):
+        elif folders.file_digest(str(records)) != manifest.get("sha256"):
             problem = f"{RECORDS} does not match its checksum (corrupted)"
     if problem:
         log.warning("Feature cache %s is not usable: %s; rebuilding it", folder, problem)
@@ -218,7 +210,7 @@ def build(folder: Path, material: dict, extract, config: Config, images: data_li
         done, dim = _write_records(partial / RECORDS, ds, extract, views, len(images.splits[split]), split)
         records = partial / RECORDS
         manifest = {"key": material, "count": done, "views": views, "dim": int(dim),
-                    "bytes": records.stat().st_size, "sha256": _file_digest(str(records))}
+                    "bytes": records.stat().st_size, "sha256": folders.file_digest(str(records))}
         folders.write_json(partial / MANIFEST, manifest)
     seconds = time.monotonic() - start
     log.info("Feature cache: %d %s images in %.1f s (%.0f views/s), %.1f MB", done, split, seconds,

@@ -146,8 +146,8 @@ class Trainer:
     def _keep_best(self, stage: Stage, weights: str) -> dict:
         """Score the stage on the validation split; roll back to the best weights so far if it did not
         beat them. Returns what the run's history records about it."""
-        if self.val is None:
-            return {}
+        if self.val is None or (stage.epochs == 0 and self.best is None):
+            return {}  # nothing to compare with, or nothing trained yet (a skipped phase 1 is not a baseline)
         metric, mode = phases.monitor(self.config, True)
         value = self.score(metric)
         best = self.best

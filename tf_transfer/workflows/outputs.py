@@ -57,6 +57,9 @@ def log_metrics(metrics: dict) -> None:
     rows = [(label, m) for label, m in rows if m]
     if len(rows) > 1:
         log.info("Test accuracy: %s", "; ".join(f"{label} {m['accuracy']:.4f}" for label, m in rows))
+    for split, m in metrics.get("tta", {}).items():
+        log.info("Test-time augmentation, %s split: accuracy %.4f -> %.4f", split, metrics[split]["accuracy"],
+                 m["accuracy"])
 
 
 class Outputs:
