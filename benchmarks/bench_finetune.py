@@ -32,19 +32,21 @@ PREVIOUS = ["--unfreeze", "20", "--schedule", "constant", "--lr-decay", "1", "--
 CONFIGS: dict[str, list[str]] = {
     "previous defaults (top 20, constant LR, val_loss)": PREVIOUS,
     "current defaults": [],
-    "top 20, cosine, val_accuracy": [*PREVIOUS, "--schedule", "cosine", "--monitor", "val_accuracy"],
     "top 60, cosine, val_accuracy": [*PREVIOUS, "--unfreeze", "60", "--schedule", "cosine", "--monitor",
                                      "val_accuracy"],
-    "all, LR decay 0.7, cosine": [*PREVIOUS, "--unfreeze", "all", "--lr-decay", "0.7", "--schedule", "cosine",
-                                  "--monitor", "val_accuracy"],
-    "staged 20,60,all, LR decay 0.8, cosine": [*PREVIOUS, "--unfreeze", "20,60,all", "--lr-decay", "0.8",
-                                               "--schedule", "cosine", "--monitor", "val_accuracy"],
-    "staged 20,all, 2x LR, cosine": [*PREVIOUS, "--unfreeze", "20,all", "--phase2-learning-rate", "0.0002",
-                                     "--schedule", "cosine", "--monitor", "val_accuracy"],
-    "160 px, top 60, cosine": [*PREVIOUS, "--image-size", "160", "--unfreeze", "60", "--schedule", "cosine",
-                               "--monitor", "val_accuracy"],
-    "1 feature view, top 60, cosine": [*PREVIOUS, "--feature-views", "1", "--unfreeze", "60", "--schedule",
-                                       "cosine", "--monitor", "val_accuracy"],
+    "top 60, cosine, val_accuracy, 6 epochs at 3e-4": [
+        *PREVIOUS, "--unfreeze", "60", "--schedule", "cosine", "--monitor", "val_accuracy", "--phase2-epochs", "6",
+        "--phase2-learning-rate", "0.0003"],
+    "staged 20,60 (2+4 epochs), cosine, val_accuracy, 3e-4": [
+        *PREVIOUS, "--unfreeze", "20,60", "--stage-epochs", "2,4", "--phase2-epochs", "6", "--schedule", "cosine",
+        "--monitor", "val_accuracy", "--phase2-learning-rate", "0.0003"],
+    "all, LR decay 0.8, cosine, val_accuracy, 5 epochs at 3e-4": [
+        *PREVIOUS, "--unfreeze", "all", "--lr-decay", "0.8", "--schedule", "cosine", "--monitor", "val_accuracy",
+        "--phase2-epochs", "5", "--phase2-learning-rate", "0.0003"],
+    "all, LR decay 0.7, cosine, val_accuracy": [*PREVIOUS, "--unfreeze", "all", "--lr-decay", "0.7", "--schedule",
+                                                "cosine", "--monitor", "val_accuracy"],
+    "160 px, top 60, cosine, val_accuracy": [*PREVIOUS, "--image-size", "160", "--unfreeze", "60", "--schedule",
+                                             "cosine", "--monitor", "val_accuracy"],
 }
 
 

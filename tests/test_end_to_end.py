@@ -93,6 +93,7 @@ def test_saved_model_cli_lists_the_bytes_signature(trained_run):
     assert "outputs['scores']" in text and "outputs['classes']" in text
 
 
+@pytest.mark.slow
 def test_versions_never_overwritten_and_failed_export_leaves_nothing(trained_run, tmp_path):
     root = tmp_path / "exports"
 

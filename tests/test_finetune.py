@@ -124,6 +124,7 @@ def test_a_stage_that_does_not_beat_the_best_so_far_is_rolled_back(shapes_dir, t
     assert "did not beat phase1 on val_loss" in run.log_file.read_text()
 
 
+@pytest.mark.slow
 def test_tta_in_evaluation_and_in_the_export(trained_run, tmp_path):
     from tf_transfer.data import datasets
     from tf_transfer.serving import savedmodel
@@ -139,7 +140,7 @@ def test_tta_in_evaluation_and_in_the_export(trained_run, tmp_path):
     spec = savedmodel.ExportSpec(trained_run.class_names, 64, {}, {}, samples=savedmodel.synthetic_images(64),
                                  tta=True)
     path = savedmodel.export_classifier(trained_run.model, spec, tmp_path, "tta")
-    x = tf.random.stateless_uniform([2, 64, 64, 3], [1, 2], 0, 255)
+    x = tf.round(tf.random.stateless_uniform([2, 64, 64, 3], [1, 2], 0, 255))  # whole values: served as uint8
     served = tf.saved_model.load(str(path)).signatures["serving_pixels"](pixels=x)["scores"].numpy()
     expected = (trained_run.model(x, training=False).numpy() + trained_run.model(x[:, :, ::-1], training=False)
                 .numpy()) / 2

@@ -107,6 +107,7 @@ def test_the_data_scan_skips_oversized_webp_and_gif(tmp_path):
 
 # --- export: verify before publishing, no training data, version folders ----------------------------------
 
+@pytest.mark.slow
 def test_a_failed_verification_publishes_nothing(trained_run, tmp_path):
     def tampered(model, spec, version, name):
         savedmodel.write_version(model, spec, version, name)

@@ -92,6 +92,7 @@ def test_mixed_precision_and_xla_train_and_export(shapes_dir, tmp_path, override
     assert ("precision mixed_float16" in log) if "runtime.precision" in overrides else ("; XLA" in log)
 
 
+@pytest.mark.slow
 def test_dynamic_and_float16_tflite_agree_with_the_model(trained_run, tmp_path):
     data = datasets.load_split(RunDir(trained_run.run_dir))
     files = [e.key for e in data.splits["test"]]
@@ -117,6 +118,7 @@ def test_export_run_writes_a_new_verified_version(trained_run, tmp_path):
     assert (run.export_path() / ModelDir.TFLITE / "model.tflite").is_file()
 
 
+@pytest.mark.slow
 def test_predict_through_rest_and_grpc_servers(trained_run, tmp_path):
     from tf_transfer.serving.server import LocalServer
 

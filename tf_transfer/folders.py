@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tf_transfer import logs
 from tf_transfer.errors import RunError
 
@@ -93,6 +95,41 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def save_model_weights(model, path: str | Path) -> Path:
+    """Every weight of a Keras model, by variable name, in one .npz file (written atomically).
+
+    Keras' own formats do not fit a run's checkpoints: the layer-ordered HDF5 format depends on which
+    layers are trainable (frozen layers list their weights in another order), and the .weights.h5
+    format also restores metrics and optimizer state, which a model compiled for another stage lacks.
+    """
+    names = [w.name for w in model.weights]
+    if len(set(names)) != len(names):  # names are unique in tf_transfer's models; keep order as a fallback
+        names = [f"{i}:{n}" for i, n in enumerate(names)]
+    arrays = {f"w{i}": np.asarray(w.numpy()) for i, w in enumerate(model.weights)}
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, names=np.array(names), **arrays)
+
+    return atomic_write(path, write)
+
+
+def load_model_weights(model, path: str | Path) -> None:
+    """Assign the weights saved by save_model_weights, by name; RunError naming what does not match."""
+    with np.load(path, allow_pickle=False) as saved:
+        stored = {str(n): saved[f"w{i}"] for i, n in enumerate(saved["names"])}
+    names = [w.name for w in model.weights]
+    if len(set(names)) != len(names):
+        names = [f"{i}:{n}" for i, n in enumerate(names)]
+    missing = [n for n in names if n not in stored]
+    wrong = [n for n, w in zip(names, model.weights, strict=True) if n in stored and stored[n].shape != tuple(w.shape)]
+    if missing or wrong or len(stored) != len(names):
+        raise RunError(f"{path} does not fit this model: {len(missing)} weight(s) missing (e.g. {missing[:3]}), "
+                       f"{len(wrong)} of another shape (e.g. {wrong[:3]}), {len(stored)} saved for {len(names)}")
+    for name, w in zip(names, model.weights, strict=True):
+        w.assign(stored[name])
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
@@ -301,10 +338,9 @@ class RunDir:
         return self.path if self.chief else self.path / self.WORKERS / f"worker-{self.worker}"
 
     def weights_file(self, which: str) -> Path:
-        """checkpoints/<which>.h5 (which: phase1_final, final, ...). Keras' layer-by-layer HDF5 weights: they
-        load into a model whatever its compile state (the .weights.h5 format also checks metrics and
-        optimizer, so a compiled model could not roll back to weights saved before compiling)."""
-        return self._own() / self.CHECKPOINTS / f"{which}.h5"
+        """checkpoints/<which>.weights.npz (which: phase1_final, final, ...): every weight by variable name
+        (see save_model_weights)."""
+        return self._own() / self.CHECKPOINTS / f"{which}.weights.npz"
 
     def best_weights_file(self, stage: str) -> Path:
         """The best epoch's weights of a stage (phase1, phase2, phase2.1, ...)."""
@@ -331,15 +367,13 @@ class RunDir:
         self.write_text(self.CONFIG, config.to_json() + "\n")
 
     def save_weights(self, model, which: str) -> Path:
-        path = self.weights_file(which)
-        return atomic_write(path, lambda tmp: model.save_weights(str(tmp)))
+        return save_model_weights(model, self.weights_file(which))
 
     def load_weights(self, model, which: str) -> None:
         path = self.weights_file(which)
         if not path.is_file():
             raise RunError(f"{self.path} has no {path.relative_to(self.path)}; expected a run that got that far")
-        with logs.hidden("absl", "Skipping variable loading for optimizer"):  # the model's weights are what we load
-            model.load_weights(str(path))
+        load_model_weights(model, path)
 
     def has_weights(self, which: str) -> bool:
         return self.weights_file(which).is_file()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tf_transfer import folders
 from tf_transfer._keras import keras
 from tf_transfer.config import ModelConfig
 from tf_transfer.errors import BackboneError
@@ -138,5 +139,5 @@ def rebuild(model_cfg: ModelConfig, heads: list[HeadSpec] | int, image_size: int
     # The weights file replaces whatever the backbone starts with, so skip any download.
     bb = backbones.build(model_cfg.backbone, "none", image_size, model_cfg.cut_layer, model_cfg.preprocess)
     model = build_classifier(bb, heads, model_cfg, train_bn=train_bn)
-    model.load_weights(str(weights_file))
+    folders.load_model_weights(model, weights_file)
     return model
