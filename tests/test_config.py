@@ -43,7 +43,7 @@ def test_partial_file_takes_defaults_and_ints_are_floats(tmp_path):
     path.write_text(json.dumps({"phase1": {"learning_rate": 1}}))
     config = config_lib.load(path)
     assert config.phase1.learning_rate == 1.0 and config.data == config_lib.DataConfig()
-    assert phases.phase2_learning_rate(config) == pytest.approx(0.1)
+    assert phases.phase2_learning_rate(config) == pytest.approx(phases.PHASE2_LR_FACTOR)
 
 
 def test_flags_override_config_file(tmp_path):

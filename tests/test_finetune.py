@@ -115,7 +115,8 @@ def test_a_stage_that_does_not_beat_the_best_so_far_is_rolled_back(shapes_dir, t
 
     config = make_config(tmp_path, str(shapes_dir), **{
         "data.image_size": 32, "phase1.epochs": 3, "phase2.epochs": 1, "phase2.unfreeze": "all",
-        "phase2.learning_rate": 3.0, "export.enabled": False, "evaluation.report": False})  # wrecks the model
+        "phase2.learning_rate": 3.0, "monitor": "val_loss", "export.enabled": False,
+        "evaluation.report": False})  # a learning rate that wrecks the model
     result = recipe.run(config)
     run = RunDir(result.run_dir)
     phase1, phase2 = run.history()["stages"]

@@ -144,7 +144,7 @@ def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "tf_transfer.train", "--resume", str(run_dir)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "Phase 1 finished earlier (2 epochs)" in out.stdout
+    assert "Phase 1 (backbone frozen) finished earlier (2 epochs)" in out.stdout
     new = history_lines(run_dir)[lines_before:]
     assert new and all(e["phase"] == 2 for e in new)  # phase 1 did not run again
     assert new[0]["epoch"] == state["last_epoch"] + 1  # continues after the last checkpoint

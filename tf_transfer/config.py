@@ -85,7 +85,7 @@ class ModelConfig:
 class PhaseConfig:
     epochs: int = _opt(10, "Epochs in this phase (0 skips it).")
     learning_rate: float = _opt(1e-3, "Learning rate (Adam).")
-    patience: int = _opt(3, "Early stopping patience in epochs on validation loss (0: off); best weights are restored.")
+    patience: int = _opt(3, "Early stopping patience in epochs on --monitor (0: off); best weights are restored.")
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,10 @@ class FrozenPhaseConfig(PhaseConfig):
 
 @dataclass(frozen=True)
 class FineTuneConfig(PhaseConfig):
-    learning_rate: float = _opt(0.0, "Peak learning rate of fine-tuning; 0 uses a tenth of phase 1's.")
+    epochs: int = _opt(6, "Epochs in this phase (0 skips it).")
+    learning_rate: float = _opt(0.0, "Peak learning rate of fine-tuning; 0 uses 0.3x phase 1's.")
     unfreeze: str = _opt(
-        "20",
+        "60",
         "What to unfreeze: the top N layers of the backbone, 'all', or a layer/block name prefix "
         "(e.g. 'block_16') from which every layer above is unfrozen; a comma list (e.g. '20,60,all') "
         "unfreezes in stages, each continuing from the one before.",
@@ -115,7 +116,7 @@ class FineTuneConfig(PhaseConfig):
                          flag="train-bn")
     lr_decay: float = _opt(1.0, "Discriminative learning rates: each backbone block below the top trains at this "
                            "factor times the rate of the block above it (1: one rate for all).", flag="lr-decay")
-    schedule: str = _opt("constant", "Learning-rate schedule of each fine-tuning stage: constant, or cosine "
+    schedule: str = _opt("cosine", "Learning-rate schedule of each fine-tuning stage: constant, or cosine "
                          "(linear warm-up, then cosine decay to zero).", flag="schedule",
                          choices=("constant", "cosine"))
     warmup: float = _opt(0.1, "With --schedule cosine: share of each stage's steps spent warming up.", flag="warmup")
@@ -170,8 +171,8 @@ class Config:
     name: str = _opt("classifier", "Name of the model: names the export folder and the run folder.")
     seed: int = _opt(42, "Random seed for splits, shuffling, augmentation and initialisation.")
     runs_dir: str = _opt("runs", "Root folder for run folders (<runs_dir>/<name>/<timestamp>/).")
-    monitor: str = _opt("val_loss", "What early stopping, best checkpoints and the keep-the-best rule between "
-                        "stages watch.", choices=("val_loss", "val_accuracy"))
+    monitor: str = _opt("val_accuracy", "What early stopping, best checkpoints and the keep-the-best rule between "
+                        "stages watch (ties are broken by the other one).", choices=("val_loss", "val_accuracy"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     phase1: FrozenPhaseConfig = field(default_factory=FrozenPhaseConfig)

@@ -148,11 +148,11 @@ class Trainer:
         beat them. Returns what the run's history records about it."""
         if self.val is None or (stage.epochs == 0 and self.best is None):
             return {}  # nothing to compare with, or nothing trained yet (a skipped phase 1 is not a baseline)
-        metric, mode = phases.monitor(self.config, True)
-        value = self.score(metric)
-        best = self.best
-        if best is None or (value > best["value"] if mode == "max" else value < best["value"]):
-            self.best = {"stage": stage.name, "weights": weights, "metric": metric, "value": value}
+        metric, _ = phases.monitor(self.config, True)
+        scores = self.score()
+        value, best = scores[metric], self.best
+        if best is None or _better(scores, best.get("scores", {metric: best["value"]}), metric):
+            self.best = {"stage": stage.name, "weights": weights, "metric": metric, "value": value, "scores": scores}
             self.run.update_state(best=self.best)
             return {"score": value, "metric": metric, "kept": True}
         log.warning("%s did not beat %s on %s (%.4f against %.4f): keeping the weights of %s",
@@ -161,8 +161,8 @@ class Trainer:
         self.run.save_weights(self.model, weights)
         return {"score": value, "metric": metric, "kept": False, "rolled_back_to": best["stage"]}
 
-    def score(self, metric: str) -> float:
-        """The model's val_loss or val_accuracy, from one pass over the validation split."""
+    def score(self) -> dict[str, float]:
+        """The model's val_loss and val_accuracy, from one pass over the validation split."""
         from tf_transfer._keras import keras
 
         loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=self.config.model.label_smoothing,
@@ -173,7 +173,19 @@ class Trainer:
             total += float(loss_fn(y, p))
             correct += int(np.sum(np.argmax(p, -1) == np.argmax(y, -1)))
             count += int(y.shape[0])
-        return correct / max(count, 1) if metric.endswith("accuracy") else total / max(count, 1)
+        return {"val_accuracy": correct / max(count, 1), "val_loss": total / max(count, 1)}
+
+
+def _better(scores: dict, best: dict, metric: str) -> bool:
+    """Whether `scores` beat `best` on `metric`; a tie is decided by the other metric (accuracy ties are
+    common on small validation splits)."""
+    def key(s: dict, name: str) -> float:
+        return s.get(name, float("nan")) * (1 if name.endswith("accuracy") else -1)  # higher is better
+
+    other = "val_loss" if metric == "val_accuracy" else "val_accuracy"
+    if key(scores, metric) != key(best, metric):
+        return key(scores, metric) > key(best, metric)
+    return other in best and key(scores, other) > key(best, other)
 
 
 def _steps_per_epoch(dataset) -> int | None:
