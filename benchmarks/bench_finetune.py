@@ -27,7 +27,7 @@ CLOTHING = ROOT.parent / "shared" / "datasets" / "clothing10"
 # name -> flags on top of the defaults of the code under test. "previous defaults" pins the recipe the
 # project shipped before this benchmark chose new ones, so the comparison survives a change of defaults.
 PREVIOUS = ["--unfreeze", "20", "--schedule", "constant", "--lr-decay", "1", "--monitor", "val_loss",
-            "--phase2-learning-rate", "0", "--phase1-epochs", "10", "--phase2-epochs", "10", "--image-size", "0",
+            "--phase2-learning-rate", "0.0001", "--phase1-epochs", "10", "--phase2-epochs", "10", "--image-size", "0",
             "--feature-views", "3"]
 CONFIGS: dict[str, list[str]] = {
     "previous defaults (top 20, constant LR, val_loss)": PREVIOUS,
