@@ -81,6 +81,16 @@ def measure(names: list[str]) -> None:
         (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
+def adopt(name: str, path: Path, commit: str, note: str = "") -> None:
+    """Record the output of a benchmark script run on its own (python -m benchmarks.<script> --out PATH)
+    as the result of `name`, stamped with the commit it ran on."""
+    started = Path(path).stat().st_mtime
+    record = {**_stamp(), "commit": commit, "date": time.strftime("%Y-%m-%d", time.gmtime(started)),
+              "minutes": None, "note": note, "result": json.loads(Path(path).read_text())}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
 def load() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
 
@@ -103,7 +113,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run")
     parser.add_argument("--only", default="", help=f"comma list of {', '.join(SECTIONS)}")
     parser.add_argument("--render", action="store_true", help="only rewrite the files from the saved results")
+    parser.add_argument("--adopt", nargs=3, metavar=("NAME", "JSON", "COMMIT"),
+                        help="record a benchmark script's own --out JSON (run at COMMIT) as NAME's result")
+    parser.add_argument("--note", default="", help="with --adopt: how it was run (e.g. pinned to one core)")
     args = parser.parse_args()
+    if args.adopt:
+        adopt(args.adopt[0], Path(args.adopt[1]), args.adopt[2], args.note)
+        args.render = True
     names = [n for n in args.only.split(",") if n] or SECTIONS
     unknown = sorted(set(names) - set(SECTIONS))
     if unknown:

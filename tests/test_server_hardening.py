@@ -254,6 +254,9 @@ def test_new_versions_are_served_and_incomplete_ones_never(server, model_root, t
     shutil.copytree(trained_run.export_path, staged)
     assert ModelDir(model_root).publish(staged).name == "9"
     assert server.wait_for_version("shapes", 9, timeout=30)
+    deadline = time.monotonic() + 10  # the old version is unloaded right after the new one is serving
+    while [v["version"] for v in client.status()["model_version_status"]] != ["9"] and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert [v["version"] for v in client.status()["model_version_status"]] == ["9"]  # latest policy: 1 unloaded
     assert client.predict([jpeg(64)])[0].top_classes
     with pytest.raises(serving.ModelNotFound):

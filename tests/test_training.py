@@ -107,8 +107,9 @@ def test_model_layers_are_named_and_output_probabilities():
 
 
 def test_hub_handle_backbone_is_fine_tuned_in_phase2(hub_handle, shapes_dir, tmp_path):
+    # No phase 1 epochs: a skipped phase 1 is no baseline, so phase 2 is kept whatever its score
     config = make_config(tmp_path, str(shapes_dir), name="hub", **{
-        "model.backbone": f"hub:{hub_handle}", "phase1.epochs": 1, "phase2.epochs": 2, "phase2.unfreeze": "all",
+        "model.backbone": f"hub:{hub_handle}", "phase1.epochs": 0, "phase2.epochs": 2, "phase2.unfreeze": "all",
         "phase2.learning_rate": 0.01})
     result = recipe.run(config)
     original = keras.models.load_model(str(hub_handle))
@@ -118,11 +119,13 @@ def test_hub_handle_backbone_is_fine_tuned_in_phase2(hub_handle, shapes_dir, tmp
         return {w.name.split("/")[-2] + "/" + w.name.split("/")[-1]: w.numpy()
                 for w in model.get_layer("backbone").weights}
 
-    phase1 = model_lib.build_classifier(backbones.build(f"hub:{hub_handle}", "", SIZE), 3, ModelConfig())
-    RunDir(result.run_dir).load_weights(phase1, "phase1_final")
-    assert all(np.array_equal(v, start[k]) for k, v in hub_weights(phase1).items())
-    final = hub_weights(result.model)
-    assert not np.array_equal(final["conv1/kernel:0"], start["conv1/kernel:0"])
+    def saved(weights):
+        model = model_lib.build_classifier(backbones.build(f"hub:{hub_handle}", "", SIZE), 3, ModelConfig())
+        RunDir(result.run_dir).load_weights(model, weights)
+        return hub_weights(model)
+
+    assert all(np.array_equal(v, start[k]) for k, v in saved("phase1_final").items())
+    assert not np.array_equal(saved("final")["conv1/kernel:0"], start["conv1/kernel:0"])
     assert result.export_path is not None and (result.export_path / "saved_model.pb").is_file()
 
 
