@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import spread
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
@@ -143,7 +145,7 @@ def load(model_dir: Path, stalled: int = 400, clients: int = 4, seconds: float =
         server.stop()
     ratios = [s["requests_per_s"] / c["requests_per_s"] for c, s in zip(runs["clean"], runs["stalled"], strict=True)]
     return {"stalled_connections": stalled, "clients": clients, "seconds": seconds, "batch": 4, "runs": runs,
-            "throughput_ratio": {"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)},
+            "throughput_ratio": spread(ratios),
             "extra_threads_while_stalled": threads_during - threads_before}
 
 

@@ -15,6 +15,12 @@ def _r(s: dict, digits: int = 2, unit: str = "x") -> str:
     return f"{f.format(s['median'])}{unit} ({f.format(s['min'])}-{f.format(s['max'])} over {s['n']} repeats)"
 
 
+def _verdict(s: dict, target: float, at_least: bool = True) -> str:
+    """'met' or '**missed**' for a spread's median against a target (at least, or at most, the target)."""
+    ok = s["median"] >= target if at_least else s["median"] <= target
+    return f"target {'at least' if at_least else 'at most'} {target:g}x: {'met' if ok else '**missed**'} by the median"
+
+
 def _stamp(record: dict) -> str:
     minutes = f"; {record['minutes']} min" if record.get("minutes") else ""
     note = f" {record['note']}" if record.get("note") else ""
@@ -37,7 +43,8 @@ no cache, no augmentation.
 | tf_transfer, epoch 2+ from the in-memory cache | {ips['ours_cached']:,.0f} |
 | the up-front file check (`images.find_unreadable`) | {ips['scan']:,.0f} |
 
-- Speed against `image_dataset_from_directory`: **{_r(r['ratio_vs_keras_spread'])}**.
+- Speed against `image_dataset_from_directory`: **{_r(r['ratio_vs_keras_spread'])}**
+  ({_verdict(r['ratio_vs_keras_spread'], 1.0)}).
 - A cached epoch against the first one: {_r(r['cached_epoch_ratio_spread'], 1)}.
 - The file check costs {_r(r['scan_cost_spread'])} the time of one uncached epoch, once per run.
 """
@@ -56,7 +63,8 @@ MobileNetV2-0.35 at 224x224, backbone frozen, {r['images']} images, batch 32, ep
 | tf_transfer pipeline, default augmentation | {ips['pipeline_augmented']:,.0f} |
 | in-memory NumPy tensors (`model.fit(x, y)`) | {ips['in_memory']:,.0f} |
 
-- Pipeline against in-memory tensors: **{_r(r['ratio_plain_spread'])}** without augmentation,
+- Pipeline against in-memory tensors: **{_r(r['ratio_plain_spread'])}** without augmentation
+  ({_verdict(r['ratio_plain_spread'], 0.9)}),
   **{_r(r['ratio_augmented_spread'])}** with the default augmentation (work the in-memory baseline does
   not do).
 """
@@ -76,7 +84,7 @@ same Keras model's `predict_on_batch` on already decoded and resized tensors; 50
 | one image, p99 ms | {r['single_bytes']['p99_ms']:.1f} | {r['single_keras']['p99_ms']:.1f} |
 
 - Batch-32 time of the bytes signature (decode, header checks, resize, in the graph) against Keras on
-  decoded tensors: **{_r(r['batch32_overhead_spread'])}**.
+  decoded tensors: **{_r(r['batch32_overhead_spread'])}** ({_verdict(r['batch32_overhead_spread'], 1.25, False)}).
 - Local server (REST on loopback, {srv['clients']} concurrent clients, one image per request, base64
   JSON): {srv['requests_per_s']:,.0f} requests/s, p50 {srv['p50_ms']:.0f} ms, p99 {srv['p99_ms']:.0f} ms; an
   in-process call takes {r['in_process_single_ms']:.1f} ms, so the server delivers
@@ -164,7 +172,8 @@ after warm-up ({p2['layers']} backbone layers).
 | top 20%, Keras' default `train_step` | {st['top20_keras_step']:.3f} |
 | all layers | {st['all']:.3f} |
 
-- Top 20% against all: **{_r(p2['ratio_top20_vs_all_spread'])}** (target at most 0.5x).
+- Top 20% against all: **{_r(p2['ratio_top20_vs_all_spread'])}**
+  ({_verdict(p2['ratio_top20_vs_all_spread'], 0.5, False)}).
 - tf_transfer's step against Keras' default one: {_r(p2['ratio_ours_vs_keras_step_spread'])}. The step watches only
   trainable variables, so no gradient op below the cut is built (a test checks the traced graph);
   graph pruning removes most of that work from Keras' default step too, so this is a guarantee, not a
