@@ -41,7 +41,7 @@ def _train(workdir: Path, name: str, extra=()) -> list[str]:
 
 
 def _history(workdir: Path, name: str) -> list[dict]:
-    """Every epoch record written so far, repeats included (history.jsonl, read raw)."""
+    """Every epoch record written so far, repeats included (epochs.jsonl, read raw)."""
     from tf_transfer.folders import RunDir
 
     runs = sorted(p for p in (workdir / "runs" / name).glob("*") if (p / RunDir.HISTORY_LOG).is_file())

@@ -92,7 +92,7 @@ def hub_handle(tmp_path_factory) -> Path:
 
 
 def history_lines(run_dir: Path | None) -> list[dict]:
-    """The per-epoch lines a run has logged so far, in order, repeats included (history.jsonl)."""
+    """The per-epoch lines a run has logged so far, in order, repeats included (epochs.jsonl)."""
     from tf_transfer.folders import RunDir
 
     path = run_dir / RunDir.HISTORY_LOG if run_dir else None

@@ -14,8 +14,8 @@ import pytest
 from .conftest import ROOT
 
 PACKAGE = ROOT / "tf_transfer"
-BASE = {"tf_transfer", "tf_transfer.errors", "tf_transfer.logs", "tf_transfer.folders", "tf_transfer.config",
-        "tf_transfer.cli"}
+BASE = {"tf_transfer", "tf_transfer.errors", "tf_transfer.logs", "tf_transfer.folders", "tf_transfer.fs",
+        "tf_transfer.config", "tf_transfer.cli"}
 COMMANDS = {f"tf_transfer.{c}" for c in ("train", "tune", "evaluate", "export", "predict", "serve", "launch",
                                          "__main__")}
 # Which groups a group may import from (besides itself). Building blocks import the base and only the

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tf_transfer import folders
+from tf_transfer import folders, fs
 from tf_transfer.errors import ConfigError
 
 TFLITE_VARIANTS = ("float", "dynamic", "float16", "int8")
@@ -239,7 +239,7 @@ def from_dict(data: dict) -> Config:
 
 def load(path: str | Path) -> Config:
     """Read a Config from a JSON file; missing keys take their defaults, unknown keys are an error."""
-    path = Path(path)
+    path = fs.path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -319,6 +319,9 @@ def validate(config: Config) -> Config:
     check(config.phase1.feature_views >= 1, "phase1.feature_views", "a positive integer", config.phase1.feature_views)
     check(bool(config.phase1.feature_cache.strip()), "phase1.feature_cache", "auto, on, off or a folder",
           config.phase1.feature_cache)
+    for name, value in (("data.cache", d.cache), ("phase1.feature_cache", config.phase1.feature_cache)):
+        check(not fs.is_url(value), name, "a local folder (caches are local; data, weights, runs and exports may "
+              "be URLs)", value)
     check(config.evaluation.top_k >= 1, "evaluation.top_k", "a positive integer", config.evaluation.top_k)
     r = config.runtime
     check(r.steps_per_execution >= 1, "runtime.steps_per_execution", "a positive integer", r.steps_per_execution)

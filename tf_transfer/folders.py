@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,18 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from tf_transfer import logs
+from tf_transfer import fs, logs
 from tf_transfer.errors import RunError
+from tf_transfer.fs import GPath, cache_home  # noqa: F401 (cache_home: part of this module's API)
 
 log = logging.getLogger(__name__)
 
 PARTIAL = ".partial-"
 STALE_SECONDS = 24 * 3600  # a temporary entry this old belongs to no live writer on any machine
-
-
-def cache_home() -> Path:
-    """Where tf_transfer keeps generated data and caches: $TF_TRANSFER_CACHE or ~/.cache/tf_transfer."""
-    return Path(os.environ.get("TF_TRANSFER_CACHE", Path.home() / ".cache" / "tf_transfer"))
 
 
 # --- atomic writes ---------------------------------------------------------------------------------
@@ -50,15 +47,18 @@ def _token() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def partial_path(path: Path) -> Path:
+def partial_path(path: Path | GPath) -> Path | GPath:
     """A unique hidden sibling of `path` to write first; the name keeps path's suffix (Keras reads
     the weights format from it)."""
     return path.with_name(f"{PARTIAL}{_token()}-{path.name}")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Call write(tmp) on a temporary sibling, then rename it onto `path` (atomic on one file system)."""
-    path = Path(path)
+def atomic_write(path: str | Path | GPath, write: Callable[[Path], Any]) -> Path | GPath:
+    """Call write(tmp) on a temporary local sibling, then rename it onto `path` (atomic on one file
+    system). For a URL, tmp is a local file that is copied to a hidden sibling and renamed into place."""
+    path = fs.path(path)
+    if isinstance(path, GPath):
+        return _atomic_upload(path, write)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
     try:
@@ -68,6 +68,21 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    return path
+
+
+def _atomic_upload(path: GPath, write: Callable[[Path], Any]) -> GPath:
+    with tempfile.TemporaryDirectory(prefix=PARTIAL) as folder:
+        local = Path(folder) / path.name
+        write(local)
+        remote = partial_path(path)
+        try:
+            fs.upload(local, remote)
+            remote.replace(path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                remote.unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -91,7 +106,7 @@ def write_csv(path: str | Path, rows) -> Path:
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a file's bytes, read in blocks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fs.path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -132,8 +147,8 @@ def load_model_weights(model, path: str | Path) -> None:
         w.assign(stored[name])
 
 
-def read_json(path: str | Path, default: Any = None) -> Any:
-    path = Path(path)
+def read_json(path: str | Path | GPath, default: Any = None) -> Any:
+    path = fs.path(path)
     if not path.is_file():
         return default
     return json.loads(path.read_text(encoding="utf-8"))
@@ -194,7 +209,7 @@ def _owner_alive(name: str) -> bool:
 
 def sweep_partials(folder: str | Path) -> int:
     """Remove temporary entries left in `folder` by dead writers (or older than a day); returns how many."""
-    folder, removed = Path(folder), 0
+    folder, removed = fs.path(folder), 0
     if not folder.is_dir():
         return 0
     for entry in folder.iterdir():
@@ -206,7 +221,7 @@ def sweep_partials(folder: str | Path) -> int:
             continue
         if old or not _owner_alive(entry.name):
             if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
+                fs.rmtree(entry)
             else:
                 with contextlib.suppress(OSError):
                     entry.unlink()
@@ -231,7 +246,7 @@ class RunDir:
     SPLIT_MANIFEST = "split_manifest.csv"
     DATA_SUMMARY = "data_summary.json"
     SKIPPED = "skipped_files.csv"
-    HISTORY_LOG = "history.jsonl"
+    HISTORY_LOG = "epochs.jsonl"  # not history.jsonl: ram:// mistakes a name that prefixes another for a folder
     HISTORY = "history.json"
     STATE = "state.json"
     METRICS = "metrics.json"
@@ -246,13 +261,23 @@ class RunDir:
     BASELINE = "baseline_scratch"
     WORKERS = "workers"
 
-    def __init__(self, path: str | Path, chief: bool = True, worker: int = 0):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | GPath, chief: bool = True, worker: int = 0):
+        where = fs.path(path)
         self.chief = chief
         self.worker = worker
+        # A run folder at a URL is worked in a local mirror (Keras callbacks, plots and logs write local
+        # files) and copied to the URL after every epoch, state change and at the end (sync).
+        self.remote: GPath | None = where if isinstance(where, GPath) else None
+        self.path: Path = self._pull(self.remote) if self.remote else where
+        self._synced: dict[str, tuple[int, int]] = {}
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r}{'' if self.chief else f', worker={self.worker}'})"
+        return f"RunDir({self.location!r}{'' if self.chief else f', worker={self.worker}'})"
+
+    @property
+    def location(self) -> str:
+        """Where the run folder is, as the user named it (a URL for a remote run folder)."""
+        return str(self.remote or self.path)
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -262,7 +287,7 @@ class RunDir:
     @classmethod
     def create(cls, runs_dir: str | Path, name: str) -> RunDir:
         """A new, empty run folder named by the current time (suffixed -2, -3, ... if taken)."""
-        root = Path(runs_dir) / name
+        root = fs.path(runs_dir) / name
         root.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for n in range(1, 1000):
@@ -277,13 +302,13 @@ class RunDir:
     @classmethod
     def for_cluster(cls, runs_dir: str | Path, name: str, cluster_id: str, chief: bool, worker: int) -> RunDir:
         """The folder every worker of one cluster agrees on (and a restarted cluster finds again)."""
-        path = Path(runs_dir) / name / f"cluster-{cluster_id}"
+        path = fs.path(runs_dir) / name / f"cluster-{cluster_id}"
         path.mkdir(parents=True, exist_ok=True)
         return cls(path, chief, worker)
 
     @classmethod
     def latest(cls, runs_dir: str | Path, name: str) -> RunDir:
-        root = Path(runs_dir) / name
+        root = fs.path(runs_dir) / name
         runs = sorted(p for p in root.iterdir() if (p / cls.CONFIG).is_file()) if root.is_dir() else []
         if not runs:
             raise RunError(f"--resume: no earlier run of {name!r} under {root}")
@@ -294,7 +319,8 @@ class RunDir:
         """An existing run folder; RunError if `path` is not one."""
         run = cls(path)
         if not run.config_file.is_file():
-            raise RunError(f"{path} is not a run folder (no {cls.CONFIG}); expected <runs_dir>/<name>/<timestamp>")
+            raise RunError(f"{run.location} is not a run folder (no {cls.CONFIG}); "
+                           "expected <runs_dir>/<name>/<timestamp>")
         return run
 
     def started(self) -> bool:
@@ -372,7 +398,7 @@ class RunDir:
     def load_weights(self, model, which: str) -> None:
         path = self.weights_file(which)
         if not path.is_file():
-            raise RunError(f"{self.path} has no {path.relative_to(self.path)}; expected a run that got that far")
+            raise RunError(f"{self.location} has no {path.relative_to(self.path)}; expected a run that got that far")
         load_model_weights(model, path)
 
     def has_weights(self, which: str) -> bool:
@@ -387,6 +413,7 @@ class RunDir:
     def update_state(self, **changes: Any) -> dict:
         state = {**self.state(), **changes}
         self.write_json(self.STATE, state)
+        self.sync()
         return state
 
     def run_id(self) -> str:
@@ -405,13 +432,14 @@ class RunDir:
         self.update_state(done={**state.get("done", {}), step: result})
 
     def record_epoch(self, entry: dict) -> None:
-        """Append one epoch's metrics to history.jsonl (flushed to disk: it survives a kill)."""
+        """Append one epoch's metrics to epochs.jsonl (flushed to disk: it survives a kill)."""
         if not self.chief:
             return
         with (self.path / self.HISTORY_LOG).open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self.sync()
 
     def epochs(self) -> list[dict]:
         """Epoch entries in order; an epoch recorded twice (re-run after a kill) keeps its last record."""
@@ -453,9 +481,9 @@ class RunDir:
             with (self.path / self.SKIPPED).open(newline="", encoding="utf-8") as f:
                 skipped = {row["path"]: row["reason"] for row in csv.DictReader(f)}
         except (OSError, json.JSONDecodeError, KeyError) as e:
-            raise RunError(f"{self.path}: the saved data split cannot be read ({e})") from None
+            raise RunError(f"{self.location}: the saved data split cannot be read ({e})") from None
         if summary is None:
-            raise RunError(f"{self.path} has no {self.DATA_SUMMARY}; expected a run folder")
+            raise RunError(f"{self.location} has no {self.DATA_SUMMARY}; expected a run folder")
         return summary, rows, skipped
 
     # --- outputs
@@ -463,17 +491,61 @@ class RunDir:
     def write_export_path(self, path: str | Path) -> None:
         self.write_text(self.EXPORT_PATH, f"{path}\n")
 
-    def export_path(self) -> Path | None:
+    def export_path(self) -> Path | GPath | None:
         file = self.path / self.EXPORT_PATH
-        return Path(file.read_text(encoding="utf-8").strip()) if file.is_file() else None
+        return fs.path(file.read_text(encoding="utf-8").strip()) if file.is_file() else None
 
     # --- the run log
 
     @contextlib.contextmanager
     def logging(self) -> Iterator[Path]:
-        """Copy tf_transfer's log records into this run's log file while the block runs."""
+        """Copy tf_transfer's log records into this run's log file while the block runs (and, for a
+        remote run folder, copy the folder to its URL when the block ends, however it ends)."""
         with logs.to_file(self.log_file) as path:
-            yield path
+            try:
+                yield path
+            finally:
+                self.sync()
+
+    # --- a remote run folder's local mirror
+
+    def _pull(self, remote: GPath) -> Path:
+        """The local mirror of the remote folder, with every remote file it lacks (after a kill on this
+        machine the mirror is ahead of the URL; on a new machine it starts empty)."""
+        mirror = fs.cache_dir("runs", f"{remote} worker={self.worker}") / remote.name
+        if not remote.is_dir():
+            shutil.rmtree(mirror, ignore_errors=True)  # an earlier run of the same name, since deleted
+        else:
+            fs.download(remote, mirror, overwrite=False)
+        mirror.mkdir(parents=True, exist_ok=True)
+        return mirror
+
+    def _mine(self, rel: str) -> bool:
+        """Whether this process copies the file: the chief the shared records, a worker its own files."""
+        if rel.startswith(PARTIAL) or f"/{PARTIAL}" in rel:
+            return False
+        own = rel.startswith(f"{self.WORKERS}/worker-{self.worker}/") or rel == f"worker-{self.worker}.log"
+        theirs = rel.startswith(f"{self.WORKERS}/") or (rel.startswith("worker-") and rel.endswith(".log"))
+        return own if not self.chief else not theirs
+
+    def sync(self) -> None:
+        """Copy the files of this process that changed (or went) since the last sync to the URL."""
+        if self.remote is None:
+            return
+        seen = set()
+        for f in sorted(p for p in self.path.rglob("*") if p.is_file()):
+            rel = f.relative_to(self.path).as_posix()
+            if not self._mine(rel):
+                continue
+            seen.add(rel)
+            st = f.stat()
+            if self._synced.get(rel) != (st.st_size, st.st_mtime_ns):
+                fs.upload(f, self.remote / rel)
+                self._synced[rel] = (st.st_size, st.st_mtime_ns)
+        for rel in sorted(set(self._synced) - seen):  # removed locally (rotated checkpoints, finished backups)
+            with contextlib.suppress(FileNotFoundError):
+                (self.remote / rel).unlink(missing_ok=True)
+            del self._synced[rel]
 
 
 # --- exported models --------------------------------------------------------------------------------
@@ -500,8 +572,8 @@ class ModelDir:
     TFLITE = "tflite"
     TFLITE_LABELS = "tflite/labels.txt"
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | GPath):
+        self.path = fs.path(path)
 
     @property
     def name(self) -> str:
@@ -519,7 +591,7 @@ class ModelDir:
             return []
         return sorted(int(p.name) for p in self.path.iterdir() if self.is_version(p))
 
-    def version_path(self, version: int) -> Path:
+    def version_path(self, version: int) -> Path | GPath:
         return self.path / str(version)
 
     def find(self, run_id: str) -> Path | None:
@@ -540,24 +612,38 @@ class ModelDir:
         taken = [int(p.name) for p in self.path.iterdir() if is_version_name(p.name)] if self.path.is_dir() else []
         return max(taken, default=0) + 1
 
-    def publish(self, staged: Path) -> Path:
-        """Rename a finished staging folder into place as the next free version; returns its path."""
-        for _ in range(100):  # another exporter may claim the same number: take the next one
-            final = self.version_path(self._next_free())
-            try:
-                os.rename(staged, final)
-                return final
-            except OSError:
-                if not final.exists() and not final.is_symlink():
-                    raise
-        raise RunError(f"could not claim a new version number in {self.path}")
+    def publish(self, staged: Path) -> Path | GPath:
+        """Rename a finished staging folder into place as the next free version; returns its path.
+
+        For a URL the local staging folder is first copied to a hidden folder there (saved_model.pb last)."""
+        source: Path | GPath = staged
+        if isinstance(self.path, GPath):
+            source = partial_path(self.path / "version")
+            fs.upload(staged, source)
+        try:
+            for _ in range(100):  # another exporter may claim the same number: take the next one
+                final = self.version_path(self._next_free())
+                try:
+                    source.rename(final)
+                    return final
+                except OSError:
+                    if not final.exists() and not final.is_symlink():
+                        raise
+            raise RunError(f"could not claim a new version number in {self.path}")
+        finally:
+            if source is not staged:
+                fs.rmtree(source)  # gone after a successful rename
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A hidden folder for a version being written and verified; removed on any error."""
+        """A hidden local folder for a version being written and verified; removed on any error. It
+        sits inside the model folder (so publishing is a rename), or in the local cache for a URL."""
         self.path.mkdir(parents=True, exist_ok=True)
         sweep_partials(self.path)
-        tmp = partial_path(self.path / "version")
+        if isinstance(self.path, GPath):
+            tmp = partial_path(fs.mkdirs(fs.cache_dir("staging", self.path)) / "version")
+        else:
+            tmp = partial_path(self.path / "version")
         tmp.mkdir()
         try:
             yield tmp
@@ -565,9 +651,9 @@ class ModelDir:
             shutil.rmtree(tmp, ignore_errors=True)  # after publish() it is gone already
 
 
-def resolve_export(path: str | Path) -> Path:
+def resolve_export(path: str | Path | GPath) -> Path | GPath:
     """A version folder as given, or the latest complete version of a model folder."""
-    path = Path(path)
+    path = fs.path(path)
     if (path / ModelDir.SAVED_MODEL).is_file():
         return path
     return ModelDir(path).latest()

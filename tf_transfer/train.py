@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tf_transfer.workflows import recipe
 
         try:
-            recipe.run(config, resume.path if resume else None)
+            recipe.run(config, resume.location if resume else None)
         except Preempted as e:
             log.warning("Pre-empted. %s; continue with: python -m tf_transfer.train --resume --name %s "
                         "--runs-dir %s", e, config.name, config.runs_dir)

@@ -14,9 +14,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from tf_transfer import cli
+from tf_transfer import cli, fs
 from tf_transfer.errors import TuneError
 
 
@@ -42,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         base = cli.config_from_args(args)
         try:
-            overrides = json.loads(Path(args.search_space).read_text()) if args.search_space else {}
+            overrides = json.loads(fs.path(args.search_space).read_text()) if args.search_space else {}
         except (OSError, json.JSONDecodeError) as e:
             raise TuneError(f"--search-space {args.search_space}: expected a readable JSON file ({e})") from None
         space = tuning.search_space(overrides, tuning.parse_fixed(args.fix))

@@ -7,9 +7,11 @@ import difflib
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from tf_transfer import fs
 from tf_transfer.errors import DataError
+from tf_transfer.fs import GPath
 
 log = logging.getLogger(__name__)
 __all__ = ["SPLITS", "Catalog", "DataError", "Example", "resolve"]
@@ -55,8 +57,10 @@ def _utf8(text: str) -> bool:
         return False
 
 
-def _outside(files: list[str], root: Path) -> list[str]:
+def _outside(files: list[str], root: Path | GPath) -> list[str]:
     """The files whose real location is not under root (followed symlinks, '..' in a manifest)."""
+    if isinstance(root, GPath):  # no symlinks there: only '..' and other locations can leave the root
+        return [f for f in files if ".." in PurePosixPath(f).parts or not fs.path(f).is_relative_to(root)]
     base = root.resolve()
     return [f for f in files if not Path(f).resolve().is_relative_to(base)]
 
@@ -65,12 +69,12 @@ def _visible(name: str) -> bool:
     return not name.startswith((".", "_"))
 
 
-def _files_under(folder: Path) -> list[Path]:
+def _files_under(folder: Path | GPath) -> list[Path | GPath]:
     """Every non-hidden file below folder (nested folders included), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and all(map(_visible, p.relative_to(folder).parts)))
+    return sorted(p for p in fs.files_under(folder) if all(map(_visible, p.relative_to(folder).parts)))
 
 
-def _split_layout(root: Path, subdirs: list[Path]) -> dict[str, Path] | None:
+def _split_layout(root: Path | GPath, subdirs: list) -> dict | None:
     """{split: folder} when root holds train/val/test folders rather than class folders."""
     names = {d.name.lower() for d in subdirs}
     if "train" in names and all(n in _SPLIT_ALIASES for n in names):
@@ -78,13 +82,13 @@ def _split_layout(root: Path, subdirs: list[Path]) -> dict[str, Path] | None:
     return None
 
 
-def _class_folders(folder: Path) -> list[Path]:
+def _class_folders(folder: Path | GPath) -> list:
     return sorted((d for d in folder.iterdir() if d.is_dir() and _visible(d.name)), key=lambda d: d.name)
 
 
 def scan_folder(root: str | Path) -> Catalog:
-    """An image folder: root/<class>/<files> or root/{train,val,test}/<class>/<files>."""
-    root = Path(root).expanduser()
+    """An image folder: root/<class>/<files> or root/{train,val,test}/<class>/<files> (local or a URL)."""
+    root = fs.path(root)
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; expected a folder with one subfolder per class")
     if not root.is_dir():
@@ -94,7 +98,7 @@ def scan_folder(root: str | Path) -> Catalog:
     if not subdirs:
         raise DataError(f"data folder {root} has no class subfolders; expected {root}/<class name>/<image files>")
     layout = _split_layout(root, subdirs) or {"all": root}
-    files_by_split: dict[str, dict[str, list[Path]]] = {}
+    files_by_split: dict[str, dict[str, list]] = {}
     for split, folder in layout.items():
         classes = _class_folders(folder)
         if not classes:
@@ -121,7 +125,7 @@ def scan_folder(root: str | Path) -> Catalog:
 
 def read_csv(path: str | Path) -> Catalog:
     """A CSV manifest with columns path,label and optionally split; relative paths are relative to the CSV."""
-    path = Path(path).expanduser()
+    path = fs.path(path)
     if not path.is_file():
         raise DataError(f"CSV manifest {path} does not exist")
     with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
@@ -141,7 +145,7 @@ def read_csv(path: str | Path) -> Catalog:
             continue
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             raise DataError(f"{path}, line {line}: expected path,label[,split], got {','.join(row)!r}")
-        file = Path(row[0].strip()).expanduser()
+        file = fs.path(row[0].strip())
         file = file if file.is_absolute() else path.parent / file
         split = "all"
         if split_col is not None and len(row) > split_col and row[split_col].strip():

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tf_transfer import fs
 from tf_transfer._keras import keras
 from tf_transfer.errors import BackboneError
 from tf_transfer.models import layers
@@ -130,11 +131,11 @@ def _resolve_weights(spec: BackboneSpec, weights: str) -> str | None:
     if weights == "imagenet":
         vendored = VENDORED_WEIGHTS.get(spec.name)
         return str(vendored) if vendored and vendored.is_file() else "imagenet"
-    path = Path(weights).expanduser()
+    path = fs.path(weights)
     if not path.is_file():
         raise BackboneError(f"--weights {weights}: no such file; expected 'imagenet', 'none' or a path to a "
                             f"weights file for {spec.name}")
-    return str(path)
+    return str(fs.local_copy(path))  # Keras reads weights files (HDF5) from local disk only
 
 
 def build_application(spec: BackboneSpec, weights: str, image_size: int) -> keras.Model:
@@ -166,7 +167,7 @@ def build_hub(handle: str, image_size: int) -> keras.layers.Layer:
         options = tf.saved_model.LoadOptions(experimental_io_device="/job:localhost")
         return hub.KerasLayer(handle, trainable=False, name="backbone", load_options=options)
     except Exception as e:
-        if Path(handle).exists():
+        if not handle.startswith(("http://", "https://")) and fs.path(handle).exists():
             raise BackboneError(f"could not load SavedModel folder {handle} as a hub handle: {e}") from e
         raise BackboneError(
             f"TF-Hub handle {handle} could not be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__}). "
@@ -185,9 +186,9 @@ def _last_feature_map(model: keras.Model) -> str:
 
 def build_saved_model(path: str, cut_layer: str, image_size: int) -> keras.Model:
     """A saved Keras model (.keras, .h5 or SavedModel folder), cut at a named layer, named 'backbone'."""
-    p = Path(path).expanduser()
-    if not p.exists():
+    if not fs.path(path).exists():
         raise BackboneError(f"model:{path}: no such file or folder; expected a .keras/.h5 file or a SavedModel folder")
+    p = fs.local_copy(path)  # .keras and .h5 files load from local disk only
     try:
         loaded = keras.models.load_model(str(p), compile=False, custom_objects=layers.custom_objects())
     except Exception as e:

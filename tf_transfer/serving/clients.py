@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tf_transfer import fs
 from tf_transfer.errors import TransferError
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ def predict_files(model, paths: Sequence[str | Path], batch_size: int = 32,
         contents = []
         for p in batch:
             try:
-                contents.append(Path(p).read_bytes())
+                contents.append(fs.path(p).read_bytes())
             except OSError as e:
                 contents.append(None)
                 results.append(FileResult(p, error=f"cannot read: {e.strerror}"))

@@ -169,7 +169,7 @@ class ServedModel:
     """A model folder watched for versions: loads new complete ones, unloads those the policy drops."""
 
     def __init__(self, model_dir: str | Path, limits: ServeLimits, policy: VersionPolicy = VersionPolicy()):
-        self.dir = ModelDir(Path(model_dir))
+        self.dir = ModelDir(model_dir)
         if (self.dir.path / ModelDir.SAVED_MODEL).is_file():  # a version folder was given: serve its model
             self.dir = ModelDir(self.dir.path.parent)
         self.name, self.limits, self.policy = self.dir.name, limits, policy

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tf_transfer import folders
+from tf_transfer import folders, fs
 from tf_transfer.errors import ExportError
 from tf_transfer.folders import ModelDir
 
@@ -155,7 +155,7 @@ def write_version(model, spec: ExportSpec, version: Path, name: str) -> None:
 def export_classifier(model, spec: ExportSpec, export_root: str | Path, name: str,
                       write: Callable[[object, ExportSpec, Path, str], None] = write_version) -> Path:
     """Write, verify (if spec.verify) and publish the next version of <export_root>/<name>; returns its path."""
-    model_dir = ModelDir(Path(export_root) / name)
+    model_dir = ModelDir(fs.path(export_root) / name)
     with model_dir.staging() as staged:
         write(model, spec, staged, name)
         if spec.verify:
@@ -174,7 +174,7 @@ def verify(path: str | Path) -> dict:
 
     from tf_transfer.serving import signatures
 
-    path = Path(path)
+    path = fs.path(path)
     samples_file = path / ModelDir.SAMPLES
     if not samples_file.is_file():
         raise ExportError(f"{path} has no {ModelDir.SAMPLES}; expected an export written by tf_transfer")
@@ -225,7 +225,7 @@ def _pbtxt_string(value: str) -> str:
 def write_models_config(export_root: str | Path) -> tuple[Path, Path]:
     """TF Serving model config files for every model under export_root: models.config (paths as
     mounted at /models in the tensorflow/serving container) and models.local.config (absolute paths)."""
-    root = Path(export_root).resolve()
+    root = fs.path(export_root).resolve()
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and ModelDir(p).versions()) if root.is_dir() else []
     if not names:
         raise ExportError(f"{root} holds no exported models; expected {root}/<name>/<version>/saved_model.pb")
@@ -243,9 +243,19 @@ def write_models_config(export_root: str | Path) -> tuple[Path, Path]:
 
 def serving_commands(version_dir: str | Path) -> dict[str, str]:
     """Shell commands (quoted for a POSIX shell) that serve this export with TF Serving (gRPC 8500, REST 8501)."""
-    version_dir = Path(version_dir).resolve()
+    version_dir = fs.path(version_dir).resolve()
     model_dir, name = version_dir.parent, version_dir.parent.name
     q = shlex.quote
+    if fs.is_url(version_dir):  # TF Serving reads gs:// and s3:// itself: nothing to mount
+        return {
+            "docker": (f"docker run --rm -p 8500:8500 -p 8501:8501 -t tensorflow/serving "
+                       f"{q(f'--model_name={name}')} {q(f'--model_base_path={model_dir}')}"),
+            "tensorflow_model_server": (f"tensorflow_model_server --port=8500 --rest_api_port=8501 "
+                                        f"{q(f'--model_name={name}')} {q(f'--model_base_path={model_dir}')}"),
+            "docker_all_models": (f"docker run --rm -p 8500:8500 -p 8501:8501 -t tensorflow/serving "
+                                  f"{q(f'--model_config_file={model_dir.parent}/models.config')}"),
+            "local_dev_server": f"python -m tf_transfer.serve {q(str(model_dir))}",
+        }
     return {
         "docker": (f"docker run --rm -p 8500:8500 -p 8501:8501 "
                    f"--mount {q(f'type=bind,source={model_dir},target=/models/{name}')} "

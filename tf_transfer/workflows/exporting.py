@@ -23,7 +23,7 @@ def export_run(run_dir: str | Path, tflite: Sequence[str] = ()) -> Path:
     if tflite:
         config = config.replace(**{"export.tflite": ",".join(tflite)})
     if not run.has_weights("final"):
-        raise RunError(f"{run.path} has no final weights; expected a run folder that finished training")
+        raise RunError(f"{run.location} has no final weights; expected a run folder that finished training")
     with run.logging():
         modality = Images(config)
         data = datasets.load_split(run)

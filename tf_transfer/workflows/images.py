@@ -53,13 +53,13 @@ class Images:
         """The run's split: the saved one when the run folder has it (resume), else prepared and saved."""
         if run.started():
             data = datasets.load_split(run)
-            log.info("Resuming run %s (phase %s, after epoch %s)", run.path, run.state().get("phase", 1),
+            log.info("Resuming run %s (phase %s, after epoch %s)", run.location, run.state().get("phase", 1),
                      run.state().get("last_epoch", 0))
         else:
             data = self.prepared or datasets.prepare(self.config.data, self.config.seed)
             run.save_config(self.config)
             data.save(run)
-            log.info("Run folder: %s", run.path)
+            log.info("Run folder: %s", run.location)
         log.info("Data: %s (%d classes)\n%s", data.source, data.num_classes, data.summary_table())
         if data.skipped:
             shown = sorted(data.skipped.items())[:10]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tf_transfer import fs
 from tf_transfer.config import Config
 from tf_transfer.evaluation import metrics as metrics_lib
 from tf_transfer.evaluation import report
@@ -93,7 +94,7 @@ class Outputs:
         result.export_path = self._export(result.model, result.metrics)
         if self.config.evaluation.report:
             self._report(result.metrics, result.history, predictions, result.export_path)
-        log.info("Run folder: %s", run.path)
+        log.info("Run folder: %s", run.location)
         return result
 
     def _metrics(self, model, predictions: dict) -> dict:
@@ -116,7 +117,7 @@ class Outputs:
         if not self.config.export.enabled:
             return None
         run_id = self.run.run_id()
-        earlier = ModelDir(Path(self.config.export.export_dir) / self.config.name).find(run_id)
+        earlier = ModelDir(fs.path(self.config.export.export_dir) / self.config.name).find(run_id)
         if earlier:  # also when a kill came between publishing and recording it
             log.info("Exported earlier: %s", earlier)
             self.run.mark_done("export", str(earlier))

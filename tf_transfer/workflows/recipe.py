@@ -74,9 +74,9 @@ def _run_dir(config: Config, resume_dir: str | Path | None, session: Session) ->
         saved = json.loads(run.config_file.read_text())
         if saved != config.to_dict():
             changed = sorted(k for k in config.to_dict() if saved.get(k) != config.to_dict()[k])
-            raise RunError(f"{run.path} holds an earlier run of this cluster with a different config (differs in: "
+            raise RunError(f"{run.location} holds an earlier run of this cluster with a different config (differs in: "
                            f"{', '.join(changed)}); pass a new --name, or delete that folder to start over")
-        log.info("Continuing the run of this cluster in %s", run.path)
+        log.info("Continuing the run of this cluster in %s", run.location)
     return run
 
 
