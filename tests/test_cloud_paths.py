@@ -66,17 +66,17 @@ def test_gpath_reads_writes_lists_and_renames_like_pathlib():
 
 def test_atomic_writes_and_local_copies_of_urls():
     root = bucket()
-    write_json(root / "runs" / "state.json", {"phase": 2})
-    assert read_json(root / "runs" / "state.json") == {"phase": 2} and read_json(root / "none.json", 7) == 7
-    assert [p.name for p in (root / "runs").iterdir()] == ["state.json"], "no temporary file is left behind"
+    write_json(root / "runs" / "s.json", {"phase": 2})
+    assert read_json(root / "runs" / "s.json") == {"phase": 2} and read_json(root / "none.json", 7) == 7
+    assert [p.name for p in (root / "runs").iterdir()] == ["s.json"], "no temporary file is left behind"
 
     def fail(tmp: Path) -> None:
         tmp.write_text("half")
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        atomic_write(root / "runs" / "state.json", fail)
-    assert read_json(root / "runs" / "state.json") == {"phase": 2}, "a failed write leaves the old file"
+        atomic_write(root / "runs" / "s.json", fail)
+    assert read_json(root / "runs" / "s.json") == {"phase": 2}, "a failed write leaves the old file"
     (root / "w.bin").write_bytes(b"one")
     first = fs.local_copy(root / "w.bin")
     assert isinstance(first, Path) and first.read_bytes() == b"one"
@@ -142,6 +142,25 @@ def test_a_run_reads_and_writes_everything_at_urls(remote_run):
     image = (root / "shapes" / "circle").iterdir().__next__().read_bytes()
     out = loaded.signatures["serving_default"](image_bytes=tf.constant([image]))
     assert np.isclose(out["scores"].numpy().sum(), 1.0, atol=1e-4)
+
+
+def test_evaluate_and_predict_read_a_remote_export_and_remote_images(remote_run, capsys):
+    from tf_transfer import predict
+    from tf_transfer.workflows import evaluation
+
+    root, _ = remote_run
+    out = evaluation.evaluate_export(str(root / "saved_models" / "shapes"), str(root / "shapes"),
+                                     output=str(root / "evaluation"))
+    assert out.location == str(root / "evaluation")
+    assert json.loads(fs.path(out.locate(RunDir.METRICS)).read_text())["num_examples"] == 90
+    assert fs.path(out.locate(RunDir.REPORT)).is_file()
+    images = root / "shapes" / "square"
+    assert predict.main([str(root / "saved_models" / "shapes"), str(images), str(images / "missing.png"),
+                         "--output", str(root / "predictions.csv")]) == 0
+    text = capsys.readouterr()
+    assert len([line for line in text.out.splitlines() if line.startswith(f"{images}/")]) == 30
+    assert f"{images}/missing.png: skipped (cannot read: No such file or directory)" in text.err
+    assert len((root / "predictions.csv").read_text().splitlines()) == 1 + 30 * 3
 
 
 def test_a_remote_run_resumes_on_a_machine_without_its_mirror(remote_run, caplog):

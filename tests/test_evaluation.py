@@ -114,8 +114,8 @@ def test_baseline_and_phase_comparison_are_reported(trained_run):
 
 def test_evaluate_export_on_a_folder_matches_classes_by_name(trained_run, tmp_path):
     folder = demo.write_shapes(tmp_path / "new", classes=("triangle", "circle"), per_class=6, size=64, seed=7)
-    out = RunDir(evaluation.evaluate_export(str(trained_run.export_path.parent), str(folder),
-                                            output=str(tmp_path / "eval")))
+    out = evaluation.evaluate_export(str(trained_run.export_path.parent), str(folder),
+                                     output=str(tmp_path / "eval"))
     m = out.read_json(RunDir.METRICS)
     assert m["num_examples"] == 12 and m["per_class"]["square"]["support"] == 0
     assert m["per_class"]["triangle"]["support"] == 6 and m["accuracy"] >= 0.8

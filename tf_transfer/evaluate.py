@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tf_transfer.workflows import evaluation
 
         out = evaluation.evaluate_export(args.export, args.data, args.split, args.output, args.batch_size, args.tta)
-        print(f"Report: {RunDir(out).report_file}")
+        print(f"Report: {out.locate(RunDir.REPORT)}")
         return 0
 
     return cli.run_command(body)

@@ -339,6 +339,10 @@ class RunDir:
     def config_file(self) -> Path:
         return self.path / self.CONFIG
 
+    def locate(self, name: str) -> str:
+        """Where a file of this run is for the user: at the URL for a remote run folder."""
+        return str((self.remote or self.path) / name)
+
     @property
     def log_file(self) -> Path:
         return self.path / (self.LOG if self.chief else f"worker-{self.worker}.log")

@@ -8,6 +8,7 @@ TensorFlow is imported only when a URL is used, so this module stays in the TF-f
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -140,6 +141,9 @@ class GPath:
 
     # --- queries
 
+    def _missing(self) -> FileNotFoundError:
+        return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self))
+
     def exists(self) -> bool:
         return _gfile().exists(str(self))
 
@@ -158,7 +162,7 @@ class GPath:
         try:
             s = _gfile().stat(str(self))
         except tf.errors.NotFoundError:
-            raise FileNotFoundError(str(self)) from None
+            raise self._missing() from None
         return _Stat(s.length, s.mtime_nsec / 1e9)
 
     lstat = stat
@@ -179,8 +183,13 @@ class GPath:
     # --- reading and writing
 
     def read_bytes(self) -> bytes:
-        with _gfile().GFile(str(self), "rb") as f:
-            return f.read()
+        import tensorflow as tf
+
+        try:
+            with _gfile().GFile(str(self), "rb") as f:
+                return f.read()
+        except tf.errors.NotFoundError:
+            raise self._missing() from None
 
     def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         return self.read_bytes().decode(encoding, errors)
@@ -214,7 +223,7 @@ class GPath:
         if self.exists():
             raise FileExistsError(str(self))
         if not parents and not self.parent.is_dir():
-            raise FileNotFoundError(str(self.parent))
+            raise self.parent._missing()
         _gfile().makedirs(str(self))
 
     def unlink(self, missing_ok: bool = False) -> None:
@@ -224,7 +233,7 @@ class GPath:
             _gfile().remove(str(self))
         except tf.errors.NotFoundError:
             if not missing_ok:
-                raise FileNotFoundError(str(self)) from None
+                raise self._missing() from None
 
     def rename(self, target: GPath) -> GPath:
         """Rename; FileExistsError if target exists. A folder moves file by file, saved_model.pb last (object
@@ -245,7 +254,7 @@ class GPath:
         except tf.errors.AlreadyExistsError:
             raise FileExistsError(str(target)) from None
         except tf.errors.NotFoundError:
-            raise FileNotFoundError(str(self)) from None
+            raise self._missing() from None
         return target
 
     def replace(self, target: GPath) -> GPath:
@@ -322,7 +331,7 @@ def local_copy(p: str | os.PathLike) -> Path:
     if isinstance(where, Path):
         return where
     if not where.exists():
-        raise FileNotFoundError(str(where))
+        raise where._missing()
     stat = "" if where.is_dir() else f"{where.stat().st_size}:{where.stat().st_mtime}"
     folder = cache_dir("downloads", f"{where} {stat}")  # a changed file is downloaded again
     target = folder / where.name

@@ -273,15 +273,15 @@ def predict_files(model, paths: Sequence[str | Path], batch_size: int = 32,
     return sorted(results, key=lambda r: order[r.path])
 
 
-def expand_inputs(items: Iterable[str]) -> list[Path]:
-    """Files as given, and every image file under given folders (sorted)."""
+def expand_inputs(items: Iterable[str]) -> list:
+    """Files as given, and every image file under given folders (sorted); local paths or URLs."""
     from tf_transfer.data.images import IMAGE_EXTENSIONS
 
-    out: list[Path] = []
+    out: list = []
     for item in items:
-        p = Path(item).expanduser()
+        p = fs.path(item)
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS))
+            out.extend(f for f in fs.files_under(p) if f.suffix.lower() in IMAGE_EXTENSIONS)
         else:
             out.append(p)
     return out

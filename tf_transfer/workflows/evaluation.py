@@ -42,8 +42,9 @@ def _examples(source: str, split: str, model_classes: list[str]) -> tuple[datase
 
 
 def evaluate_export(export: str, source: str, split: str = "all", output: str | None = None,
-                    batch_size: int = 32, tta: bool = False) -> Path:
-    """Evaluate an exported model on labelled data matched by class name; returns the output folder.
+                    batch_size: int = 32, tta: bool = False) -> RunDir:
+    """Evaluate an exported model on labelled data matched by class name; returns the output folder
+    (local, or a URL written through a local mirror like a run folder).
     With `tta`, scores are averaged with the horizontally flipped image's (and both are reported)."""
     import tensorflow as tf
 
@@ -64,7 +65,7 @@ def evaluate_export(export: str, source: str, split: str = "all", output: str | 
                                     model_classes)
         log.info("Test-time augmentation: accuracy %.4f -> %.4f", m["accuracy"], m_tta["accuracy"])
         m["tta"] = {k: m_tta[k] for k in ("accuracy", "macro_avg", "log_loss")}
-    out = RunDir(Path(output) if output else Path("runs") / "evaluations" /
+    out = RunDir(output or Path("runs") / "evaluations" /
                  f"{path.parent.name}-v{path.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.path.mkdir(parents=True, exist_ok=True)
     out.write_json(RunDir.METRICS, m)
@@ -75,4 +76,5 @@ def evaluate_export(export: str, source: str, split: str = "all", output: str | 
     report.write_report(out, f"Evaluation of {path}", "eval", m, plot_paths, skipped=data.skipped,
                         data_summary={"source": source, "counts": {n: {"test": m["per_class"][n]["support"]}
                                                                    for n in model_classes}}, export_path=str(path))
-    return out.path
+    out.sync()
+    return out
