@@ -123,6 +123,7 @@ def remote_run(shapes_dir, tmp_path_factory):
     return root, run
 
 
+@pytest.mark.slow  # one small run at URLs (about a minute), shared by these tests
 def test_a_run_reads_and_writes_everything_at_urls(remote_run):
     import tensorflow as tf
 
@@ -144,6 +145,7 @@ def test_a_run_reads_and_writes_everything_at_urls(remote_run):
     assert np.isclose(out["scores"].numpy().sum(), 1.0, atol=1e-4)
 
 
+@pytest.mark.slow  # one small run at URLs (about a minute), shared by these tests
 def test_evaluate_and_predict_read_a_remote_export_and_remote_images(remote_run, capsys):
     from tf_transfer import predict
     from tf_transfer.workflows import evaluation
@@ -163,6 +165,7 @@ def test_evaluate_and_predict_read_a_remote_export_and_remote_images(remote_run,
     assert len((root / "predictions.csv").read_text().splitlines()) == 1 + 30 * 3
 
 
+@pytest.mark.slow  # one small run at URLs (about a minute), shared by these tests
 def test_a_remote_run_resumes_on_a_machine_without_its_mirror(remote_run, caplog):
     from tf_transfer import train
 
@@ -175,6 +178,16 @@ def test_a_remote_run_resumes_on_a_machine_without_its_mirror(remote_run, caplog
     assert "Exported earlier" in caplog.text, "the resumed run finds its export at the URL"
     assert ModelDir(root / "saved_models" / "shapes").versions() == [1]
     assert len((run / RunDir.HISTORY_LOG).read_text().splitlines()) == 3, "no epoch ran again"
+
+
+@pytest.mark.slow  # one small run at URLs (about a minute), shared by these tests
+def test_export_again_from_a_remote_run_folder(remote_run):
+    from tf_transfer import export
+
+    root, run = remote_run
+    assert export.main(["--run", str(run)]) == 0
+    assert ModelDir(root / "saved_models" / "shapes").versions() == [1, 2]
+    assert (run / RunDir.EXPORT_PATH).read_text().strip() == f"{root}/saved_models/shapes/2"
 
 
 def test_a_csv_manifest_at_a_url_with_relative_paths(shapes_dir):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from tf_transfer import fs
 from tf_transfer.errors import DistributeError
 
 log = logging.getLogger(__name__)
@@ -142,15 +143,11 @@ def precision_policy(precision: str, kind: str) -> str:
     return "float32"
 
 
-def is_remote(path: str) -> bool:
-    return "://" in path
-
-
 def check_tpu_paths(kind: str, tpu: str, paths: dict[str, str]) -> None:
     """A remote TPU cannot read this machine's disk: local data/model paths must be gs:// instead."""
     if kind != "tpu" or tpu == "local":  # a TPU VM reads its own disk
         return
-    local = {flag: p for flag, p in paths.items() if p and not is_remote(p) and os.path.exists(os.path.expanduser(p))}
+    local = {flag: p for flag, p in paths.items() if p and not fs.is_url(p) and fs.path(p).exists()}
     if local:
         listing = ", ".join(f"{flag} {p}" for flag, p in local.items())
         raise DistributeError(f"the TPU workers cannot read local paths ({listing}); copy the data or model to a "
