@@ -12,6 +12,7 @@ COMMANDS = {
     "predict": "classify image files with an export, in this process or through a model server",
     "serve": "a local TF-Serving-compatible REST and gRPC server for exports",
     "launch": "try multi-worker training with N local worker processes",
+    "publish": "publish a run's backbone as a reusable SavedModel (TF-Hub format) with a model card",
 }
 
 

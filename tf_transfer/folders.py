@@ -178,10 +178,23 @@ def publish_dir(tmp: Path, final: Path, replace: bool = False) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | Path, replace: bool = False) -> Iterator[Path]:
+def atomic_dir(final: str | Path | GPath, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it becomes `final` (see publish_dir), on any error
-    (or a kill) nothing appears at `final`."""
-    final = Path(final)
+    (or a kill) nothing appears at `final`. For a URL the folder is filled locally, copied to a hidden
+    folder there and then moved into place."""
+    final = fs.path(final)
+    if isinstance(final, GPath):
+        with tempfile.TemporaryDirectory(prefix=PARTIAL) as folder:
+            yield Path(folder)
+            remote = partial_path(final)
+            try:
+                fs.upload(Path(folder), remote)
+                if replace:
+                    fs.rmtree(final)
+                remote.rename(final)
+            finally:
+                fs.rmtree(remote)
+        return
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(final)
     tmp.mkdir()
@@ -653,6 +666,47 @@ class ModelDir:
             yield tmp
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # after publish() it is gone already
+
+
+class PublishedDir:
+    """A published backbone: a reusable SavedModel (the TF-Hub format) with its model card and a
+    checksum manifest. It is written whole or not at all, and checked against the manifest before use."""
+
+    SAVED_MODEL = "saved_model.pb"
+    CARD = "tf_transfer_card.json"
+    README = "README.md"
+    MANIFEST = "SHA256SUMS"
+
+    def __init__(self, path: str | Path | GPath):
+        self.path = fs.path(path)
+
+    def is_published(self) -> bool:
+        """Whether the folder claims to be a tf_transfer publication (it has a card or a manifest)."""
+        return (self.path / self.CARD).is_file() or (self.path / self.MANIFEST).is_file()
+
+    def card(self) -> dict:
+        return read_json(self.path / self.CARD, {}) or {}
+
+    def write_manifest(self) -> int:
+        """SHA256SUMS over every file (sha256sum's format); returns how many files it lists."""
+        files = [f for f in fs.files_under(self.path) if f.name != self.MANIFEST]
+        lines = [f"{file_digest(f)}  {f.relative_to(self.path).as_posix()}\n" for f in files]
+        write_text(self.path / self.MANIFEST, "".join(lines))
+        return len(lines)
+
+    def check(self) -> None:
+        """RunError naming the first missing or altered file (or the missing manifest)."""
+        manifest = self.path / self.MANIFEST
+        if not manifest.is_file():
+            raise RunError(f"{self.path} is not a complete published backbone: no {self.MANIFEST}; publish it again")
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            digest, _, rel = line.partition("  ")
+            file = self.path / rel
+            if not file.is_file():
+                raise RunError(f"{self.path} is incomplete: {rel} is missing (listed in {self.MANIFEST})")
+            if file_digest(file) != digest:
+                raise RunError(f"{self.path}: {rel} does not match its checksum in {self.MANIFEST} "
+                               "(altered or cut short); publish it again")
 
 
 def resolve_export(path: str | Path | GPath) -> Path | GPath:

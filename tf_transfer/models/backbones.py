@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tf_transfer import fs
 from tf_transfer._keras import keras
-from tf_transfer.errors import BackboneError
+from tf_transfer.errors import BackboneError, RunError
+from tf_transfer.folders import PublishedDir
 from tf_transfer.models import layers
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,10 @@ class Backbone:
 
 
 def default_image_size(backbone: str) -> int:
-    """The backbone's own input size (224 for handles and models without a fixed size)."""
+    """The backbone's own input size: a published backbone's card says it; 224 for other handles and
+    models without a fixed size."""
+    if backbone.startswith("hub:") and _published(backbone[len("hub:"):]):
+        return int(PublishedDir(backbone[len("hub:"):]).card().get("input", {}).get("shape", [0, 224])[1])
     if backbone.startswith(("hub:", "model:")):
         return 224
     return get_spec(backbone).image_size
@@ -162,6 +166,11 @@ def build_hub(handle: str, image_size: int) -> keras.layers.Layer:
     import tensorflow as tf
     import tensorflow_hub as hub
 
+    if _published(handle):  # published by tf_transfer: refuse a partial or altered copy with a clear message
+        try:
+            PublishedDir(handle).check()
+        except RunError as e:
+            raise BackboneError(f"hub:{handle}: {e}") from None
     try:
         # The I/O device option lets TPU workers read the SavedModel from the host (no-op elsewhere).
         options = tf.saved_model.LoadOptions(experimental_io_device="/job:localhost")
@@ -174,6 +183,10 @@ def build_hub(handle: str, image_size: int) -> keras.layers.Layer:
             "Without internet access, download the model (e.g. the .tar.gz from Kaggle Models), extract it, "
             "and pass hub:/path/to/extracted/folder."
         ) from e
+
+
+def _published(handle: str) -> bool:
+    return not handle.startswith(("http://", "https://")) and PublishedDir(handle).is_published()
 
 
 def _last_feature_map(model: keras.Model) -> str:
