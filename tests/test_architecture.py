@@ -17,7 +17,7 @@ PACKAGE = ROOT / "tf_transfer"
 BASE = {"tf_transfer", "tf_transfer.errors", "tf_transfer.logs", "tf_transfer.folders", "tf_transfer.fs",
         "tf_transfer.config", "tf_transfer.cli"}
 COMMANDS = {f"tf_transfer.{c}" for c in ("train", "tune", "evaluate", "export", "predict", "serve", "launch",
-                                         "publish", "__main__")}
+                                         "publish", "pretrain", "__main__")}
 # Which groups a group may import from (besides itself). Building blocks import the base and only the
 # blocks listed; workflows use every block; commands use workflows and blocks.
 ALLOWED = {

@@ -12,6 +12,7 @@ COMMANDS = {
     "predict": "classify image files with an export, in this process or through a model server",
     "serve": "a local TF-Serving-compatible REST and gRPC server for exports",
     "launch": "try multi-worker training with N local worker processes",
+    "pretrain": "pre-train a backbone on your source data (labels or rotation prediction) and publish it",
     "publish": "publish a run's backbone as a reusable SavedModel (TF-Hub format) with a model card",
 }
 

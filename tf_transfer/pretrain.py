@@ -1,0 +1,52 @@
+"""Pre-train a backbone on your own source data and publish it for transfer (TF-Hub format).
+
+    python -m tf_transfer.pretrain --data labelled_source --weights none --out published/source-backbone
+    python -m tf_transfer.pretrain --method rotation --data unlabelled_images --out published/ssl-backbone
+
+--method supervised learns the source's labels; --method rotation learns, without labels, which way
+each image was turned (0/90/180/270 degrees). With --weights none the backbone trains from random
+initialisation (every layer, all epochs of both phases); with imagenet or a weights file it continues
+from them in the usual two phases. The run is a normal run folder (resume with --resume RUN_DIR and
+the same --out); at the end its backbone is published to --out, as `python -m tf_transfer.publish` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tf_transfer import cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tf_transfer.pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="supervised", choices=("supervised", "rotation"),
+                        help="what the backbone learns from the source (default: supervised)")
+    parser.add_argument("--out", required=True, help="where to publish the backbone (local folder or URL)")
+    parser.add_argument("--license", default="unspecified", help="the license field of the model card")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted pre-training run, then publish")
+    cli.add_config_flags(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        config = cli.config_from_args(args)
+        cli.quiet_tensorflow()
+        cli.setup_logging()
+        from tf_transfer.workflows import pretraining
+
+        out = pretraining.pretrain(config, args.method, args.out, args.license, args.overwrite, args.resume)
+        print(f"Published: {out}\nFine-tune it: python -m tf_transfer.train --backbone hub:{out} --data ...")
+        return 0
+
+    return cli.run_command(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
