@@ -24,9 +24,10 @@ def _parameters_cell(path: Path) -> dict:
     return tagged[0]
 
 
-def test_there_are_five_notebooks():
+def test_the_notebooks_are_these():
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_tfhub_backbones.ipynb",
-                                           "03_tpu_and_multi_gpu.ipynb", "04_tuning.ipynb", "05_serving.ipynb"]
+                                           "03_tpu_and_multi_gpu.ipynb", "04_tuning.ipynb", "05_serving.ipynb",
+                                           "06_pretrain_publish.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -74,5 +75,7 @@ def test_notebook_runs_top_to_bottom_offline(name, shapes_dir, tmp_path):
         "04_tuning": {**SMALL, "ALGORITHM": "random", "MAX_TRIALS": 2,
                       "FIXED": {"phase1.epochs": 1, "phase2.epochs": 1, "data.batch_size": 16}},
         "05_serving": {**SMALL, "EPOCHS": 1, "SERVER": "local"},
+        "06_pretrain_publish": {"SOURCE_DATA": str(shapes_dir), "METHOD": "rotation", "TARGET_DATA": str(shapes_dir),
+                                "IMAGE_SIZE": SIZE, "BATCH_SIZE": 16, "PRETRAIN_EPOCHS": 1, "TARGET_EPOCHS": 1},
     }[name]
     _execute(ROOT / "notebooks" / f"{name}.ipynb", tmp_path, {**common, **params})
