@@ -37,6 +37,7 @@ def _measure(name: str, workdir: Path):
         bench_finetune,
         bench_frozen_phase,
         bench_input_pipeline,
+        bench_pretrain,
         bench_reliability,
         bench_serving,
         bench_speed,
@@ -49,6 +50,7 @@ def _measure(name: str, workdir: Path):
         "frozen_phase": lambda: bench_frozen_phase.run(workdir),
         "serving": lambda: bench_serving.run(workdir),
         "transfer": lambda: bench_transfer.run(workdir),
+        "pretrain": lambda: bench_pretrain.run(workdir),
         "distribute": lambda: bench_distribute.run(workdir),
         "speed": lambda: bench_speed.run(workdir),
         "finetune": lambda: bench_finetune.run(workdir),
@@ -105,7 +107,7 @@ def write_files(results: dict[str, dict]) -> None:
     readme.write_text(text)
 
 
-SECTIONS = ["input_pipeline", "frozen_phase", "serving", "transfer", "distribute", "speed", "finetune",
+SECTIONS = ["input_pipeline", "frozen_phase", "serving", "transfer", "pretrain", "distribute", "speed", "finetune",
             "reliability", "keras3", "ci"]
 
 
