@@ -45,6 +45,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                choices=f.metadata.get("choices"), **kwargs)
 
 
+def add_publish_flags(parser: argparse.ArgumentParser) -> None:
+    """--out, --license and --overwrite: where and how a backbone is published (publish, pretrain)."""
+    parser.add_argument("--out", required=True, help="the folder to publish the backbone to (local path or URL)")
+    parser.add_argument("--license", default="unspecified", help="the license field of the model card")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+
+
 def config_from_args(args: argparse.Namespace) -> config_lib.Config:
     """The resolved config: defaults, then --config FILE, then flags given on the command line."""
     base = config_lib.load(args.config) if getattr(args, "config", None) else config_lib.Config()

@@ -24,9 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", default="supervised", choices=("supervised", "rotation"),
                         help="what the backbone learns from the source (default: supervised)")
-    parser.add_argument("--out", required=True, help="where to publish the backbone (local folder or URL)")
-    parser.add_argument("--license", default="unspecified", help="the license field of the model card")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    cli.add_publish_flags(parser)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted pre-training run, then publish")
     cli.add_config_flags(parser)
     return parser
@@ -39,10 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = cli.config_from_args(args)
         cli.quiet_tensorflow()
         cli.setup_logging()
-        from tf_transfer.workflows import pretraining
+        from tf_transfer.workflows import pretraining, publishing
 
         out = pretraining.pretrain(config, args.method, args.out, args.license, args.overwrite, args.resume)
-        print(f"Published: {out}\nFine-tune it: python -m tf_transfer.train --backbone hub:{out} --data ...")
+        print(publishing.next_step(out))
         return 0
 
     return cli.run_command(body)

@@ -22,9 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tf_transfer.publish", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="a run folder (its final weights) or an export (model or version folder)")
-    parser.add_argument("--out", required=True, help="the folder to publish to (local path or URL)")
-    parser.add_argument("--license", default="unspecified", help="the license field of the model card")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    cli.add_publish_flags(parser)
     return parser
 
 
@@ -37,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tf_transfer.workflows import publishing
 
         out = publishing.publish(args.source, args.out, args.license, args.overwrite)
-        print(f"Published: {out}\nFine-tune it: python -m tf_transfer.train --backbone hub:{out} --data ...")
+        print(publishing.next_step(out))
         return 0
 
     return cli.run_command(body)

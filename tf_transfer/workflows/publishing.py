@@ -51,6 +51,11 @@ def publish(source: str, out: str, license: str = "unspecified", overwrite: bool
     return final
 
 
+def next_step(out: Path | GPath) -> str:
+    """What a command prints after publishing: where it is and how to fine-tune it."""
+    return f"Published: {out}\nFine-tune it: python -m tf_transfer.train --backbone hub:{out} --data ..."
+
+
 def load(source: str) -> Source:
     """A run folder (its final weights) or an export (a version folder or a model folder's latest)."""
     where = fs.path(source)
