@@ -89,7 +89,7 @@ def transfer(workdir: Path, backbones: dict, per_class: int, seed: int, epochs: 
     return out
 
 
-def run(workdir: Path, per_class: int = 20, seeds: tuple[int, ...] = (1, 2), pretrain_epochs: int = 8,
+def run(workdir: Path, per_class: int = 20, seeds: tuple[int, ...] = (1, 2), pretrain_epochs: int = 24,
         epochs: tuple[int, int] = (5, 5)) -> dict | None:
     if not CIFAR.is_dir():
         return None
@@ -103,9 +103,10 @@ def run(workdir: Path, per_class: int = 20, seeds: tuple[int, ...] = (1, 2), pre
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_pretrain")
     parser.add_argument("--out", help="also write the result JSON here (for benchmarks.run --adopt)")
+    parser.add_argument("--pretrain-epochs", type=int, default=24)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(Path(tmp))
+        result = run(Path(tmp), pretrain_epochs=args.pretrain_epochs)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
