@@ -148,6 +148,9 @@ trains every layer for all {sum(r['target_epochs'])}). Means over {len(seeds)} s
   ({'met' if sup > rand else '**missed**'}); rotation prediction (no labels) against random initialisation:
   {rot - rand:+.3f} ({'met' if rot > rand else '**missed**'}).
 - The ImageNet weights (1.28M labelled photos) against the best published backbone: {imnet - max(sup, rot):+.3f}.
+- Chance is {1 / len(r['classes']):.3f}; a start at or near it predicts mostly one class. With {r['per_class']} labels
+  per class, a backbone pre-trained from scratch on a few thousand 32x32 images learns little that
+  transfers; read the gains against random initialisation as small, not as a substitute for ImageNet.
 """
 
 
