@@ -51,6 +51,10 @@ class DataConfig:
     translation: float = _opt(0.1, "Random translation, as a fraction of the image size.")
     contrast: float = _opt(0.1, "Random contrast factor.")
     class_weights: bool = _opt(False, "Weight the loss by balanced class weights (for imbalanced data).")
+    tasks: str = _opt("", "Label columns of a CSV manifest to learn, comma-separated, one head each (default: every "
+                      "column but path and split); cells with labels separated by '|' make a multi-label task.")
+    task_class_weights: str = _opt("", "Per-task class weights, overriding --class-weights: task=on|off,... "
+                                   "(single-label tasks).")
     strict: bool = _opt(False, "Fail the run if any file cannot be read as an image (or lies outside the data "
                         "folder), instead of skipping it (or warning).")
     max_image_pixels: int = _opt(50_000_000, "Skip training images with more pixels than this (GIF: times its "
@@ -79,6 +83,8 @@ class ModelConfig:
     hidden_units: int = _opt(0, "Units of an optional hidden Dense layer in the head (0: none).")
     l2: float = _opt(0.0, "L2 weight decay on the head's Dense kernels.")
     label_smoothing: float = _opt(0.0, "Label smoothing for the cross-entropy loss.")
+    task_weights: str = _opt("", "Loss weight per task with several heads: task=weight,... (default 1 each).")
+    task_label_smoothing: str = _opt("", "Label smoothing per task, overriding --label-smoothing: task=value,...")
 
 
 @dataclass(frozen=True)

@@ -481,11 +481,13 @@ class RunDir:
 
     # --- data split
 
-    def write_split(self, summary: dict, rows: list[list], skipped: dict[str, str]) -> None:
-        """The split manifest (split,label,class,key,sha256), the data summary and the skipped-file report."""
+    def write_split(self, summary: dict, rows: list[list], skipped: dict[str, str], tasks: list[str] = ()) -> None:
+        """The split manifest (split,label,class,key,sha256, then a column per named task), the data summary
+        and the skipped-file report."""
         if not self.chief:
             return
-        write_csv(self.path / self.SPLIT_MANIFEST, [["split", "label", "class", "key", "sha256"], *rows])
+        header = ["split", "label", "class", "key", "sha256", *(f"task:{t}" for t in tasks)]
+        write_csv(self.path / self.SPLIT_MANIFEST, [header, *rows])
         write_csv(self.path / self.SKIPPED, [["path", "reason"], *sorted(skipped.items())])
         self.write_json(self.DATA_SUMMARY, summary)
 
@@ -588,6 +590,12 @@ class ModelDir:
     WARMUP = "assets.extra/tf_serving_warmup_requests"
     TFLITE = "tflite"
     TFLITE_LABELS = "tflite/labels.txt"
+    TASKS = "tasks.json"  # with several heads: each task's kind, outputs, labels file and thresholds
+
+    @staticmethod
+    def task_labels(task: str) -> str:
+        """The labels file of one named task (labels.txt is the one-task model's)."""
+        return f"labels_{task}.txt"
 
     def __init__(self, path: str | Path | GPath):
         self.path = fs.path(path)

@@ -15,10 +15,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_transfer import folders
+from tf_transfer import tasks as tasks_lib
 from tf_transfer.config import DataConfig
 from tf_transfer.data import images, quality, sources
 from tf_transfer.data.sources import SPLITS, DataError, Example
 from tf_transfer.folders import RunDir
+from tf_transfer.tasks import Task
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -37,43 +39,65 @@ class ImageData:
     kind: str = "folder"
     tfds: dict | None = None
     checks: dict = field(default_factory=dict)  # what prepare found: duplicates, files outside the data folder
+    named_tasks: list[Task] = field(default_factory=list)  # several heads (CSV label columns); empty: one task
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        """{class name: {split: count}}."""
-        out = {name: dict.fromkeys(SPLITS, 0) for name in self.class_names}
+    @property
+    def tasks(self) -> list[Task]:
+        """The heads to train: the named tasks, or one unnamed task over the class names."""
+        return self.named_tasks or [Task("", tuple(self.class_names))]
+
+    def targets(self, e: Example) -> tuple:
+        """An example's class indices per task (None: no label for that task)."""
+        return e.targets if self.named_tasks else ((e.label,),)
+
+    def counts(self, task: int = 0) -> dict[str, dict[str, int]]:
+        """{class name: {split: examples labelled with it}} for one task."""
+        names = self.tasks[task].class_names
+        out = {name: dict.fromkeys(SPLITS, 0) for name in names}
         for split, examples in self.splits.items():
-            for label, n in Counter(e.label for e in examples).items():
-                out[self.class_names[label]][split] = n
+            labels = Counter(c for e in examples for c in (self.targets(e)[task] or ()))
+            for label, n in labels.items():
+                out[names[label]][split] = n
         return out
 
-    def class_weights(self) -> dict[int, float]:
-        """Balanced weights n / (classes * n_c) from the training split."""
-        counts = Counter(e.label for e in self.splits["train"])
-        total = sum(counts.values())
-        return {c: total / (self.num_classes * counts[c]) for c in range(self.num_classes) if counts[c]}
+    def class_weights(self, task: int = 0) -> dict[int, float]:
+        """Balanced weights n / (classes * n_c) from the training split's labelled examples of a task."""
+        counts = Counter(t[0] for e in self.splits["train"] if (t := self.targets(e)[task]))
+        total, n = sum(counts.values()), self.tasks[task].num_classes
+        return {c: total / (n * counts[c]) for c in range(n) if counts[c]}
 
     def summary_table(self) -> str:
-        counts = self.counts()
-        width = max(len("class"), *(len(n) for n in self.class_names))
-        lines = [f"{'class':<{width}}  {'train':>6} {'val':>6} {'test':>6}"]
-        for name in self.class_names:
+        return "\n".join(self._task_table(i) for i in range(len(self.tasks)))
+
+    def _task_table(self, task: int) -> str:
+        counts, t = self.counts(task), self.tasks[task]
+        width = max(len("class"), len("(no label)"), *(len(n) for n in t.class_names))
+        title = [f"task {t.name} ({'multi-label' if t.multi_label else 'single-label'}):"] if t.name else []
+        lines = [*title, f"{'class':<{width}}  {'train':>6} {'val':>6} {'test':>6}"]
+        for name in t.class_names:
             c = counts[name]
             lines.append(f"{name:<{width}}  {c['train']:>6} {c['val']:>6} {c['test']:>6}")
+        if t.name:
+            none = {s: sum(self.targets(e)[task] is None for e in self.splits[s]) for s in SPLITS}
+            lines.append(f"{'(no label)':<{width}}  {none['train']:>6} {none['val']:>6} {none['test']:>6}")
         totals = {s: len(self.splits[s]) for s in SPLITS}
         lines.append(f"{'total':<{width}}  {totals['train']:>6} {totals['val']:>6} {totals['test']:>6}")
         return "\n".join(lines)
 
     def save(self, run: RunDir) -> None:
         """Save the split manifest, class counts and skipped-file report into a run folder."""
-        rows = [[split, e.label, self.class_names[e.label], e.key, e.digest]
+        rows = [[split, e.label, self.class_names[e.label] if e.label >= 0 else "", e.key, e.digest,
+                 *(tasks_lib.format_target(t, x) for t, x in zip(self.named_tasks, e.targets, strict=True))]
                 for split in SPLITS for e in self.splits[split]]
         summary = {"source": self.source, "kind": self.kind, "tfds": self.tfds, "class_names": self.class_names,
-                   "counts": self.counts(), "num_skipped": len(self.skipped), "checks": self.checks}
-        run.write_split(summary, rows, self.skipped)
+                   "counts": self.counts(), "num_skipped": len(self.skipped), "checks": self.checks,
+                   "tasks": [t.to_dict() for t in self.named_tasks],
+                   "task_counts": {t.name: self.counts(i) for i, t in enumerate(self.named_tasks)}}
+        run.write_split(summary, rows, self.skipped, [t.name for t in self.named_tasks])
 
 
 def split_examples(
@@ -126,6 +150,20 @@ def _check_classes(class_names: list[str], splits: dict[str, list[Example]], loc
                         "are in the given val/test splits); every class needs at least one")
 
 
+def _check_tasks(data: ImageData, location: str) -> None:
+    """Named tasks: each needs two classes (one label, multi-label) and training examples of every class."""
+    for i, task in enumerate(data.tasks):
+        if task.num_classes < (1 if task.multi_label else 2):
+            raise DataError(f"{location}: task {task.name!r} has {task.num_classes} class(es) "
+                            f"({', '.join(task.class_names) or 'no labelled rows'}); a single-label task needs at "
+                            "least 2, a multi-label task at least 1")
+        counts = data.counts(i)
+        untrained = [name for name in task.class_names if not counts[name]["train"]]
+        if untrained:
+            raise DataError(f"{location}: task {task.name!r}: classes {', '.join(untrained)} have no training "
+                            "examples (all are in the given val/test splits); every class needs at least one")
+
+
 def _check_outside(catalog: sources.Catalog, strict: bool) -> None:
     """Files that resolve outside the data folder (symlinks, '..' paths in a manifest): warn, or refuse."""
     if not catalog.outside:
@@ -139,7 +177,7 @@ def _check_outside(catalog: sources.Catalog, strict: bool) -> None:
 
 def prepare(cfg: DataConfig, seed: int) -> ImageData:
     """Resolve the source, find unreadable and duplicate files, split, and check the classes."""
-    catalog = sources.resolve(cfg.source, cfg.tfds_data_dir)
+    catalog = sources.resolve(cfg.source, cfg.tfds_data_dir, cfg.tasks)
     _check_outside(catalog, cfg.strict)
     skipped = dict(catalog.skipped)
     if catalog.kind != "tfds":  # TFDS validates images when it prepares a dataset
@@ -160,18 +198,27 @@ def prepare(cfg: DataConfig, seed: int) -> ImageData:
     if catalog.kind == "tfds":  # list TFDS examples in the order the pipeline reads them
         for examples in splits.values():
             examples.sort(key=_tfds_order)
-    _check_classes(catalog.class_names, splits, catalog.location)
-    return ImageData(catalog.class_names, splits, skipped, cfg.source, catalog.kind, catalog.tfds,
-                     {"duplicates": duplicates, "outside": [sources.printable(p) for p in catalog.outside]})
+    data = ImageData(catalog.class_names, splits, skipped, cfg.source, catalog.kind, catalog.tfds,
+                     {"duplicates": duplicates, "outside": [sources.printable(p) for p in catalog.outside]},
+                     named_tasks=catalog.tasks)
+    if data.named_tasks:
+        _check_tasks(data, catalog.location)
+    else:
+        _check_classes(catalog.class_names, splits, catalog.location)
+    return data
 
 
 def load_split(run: RunDir) -> ImageData:
     """The data of an earlier run, exactly as it was split (for --resume and re-export)."""
     summary, rows, skipped = run.read_split()
+    tasks = [Task.from_dict(t) for t in summary.get("tasks", [])]
     splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
-    for row in rows:
-        splits[row["split"]].append(Example(row["key"], int(row["label"]), row.get("sha256") or ""))
-    return ImageData(summary["class_names"], splits, skipped, summary["source"], summary["kind"], summary["tfds"])
+    for i, row in enumerate(rows, start=2):
+        where = f"{run.path / RunDir.SPLIT_MANIFEST}, line {i}"
+        targets = tuple(tasks_lib.parse_target(t, row.get(f"task:{t.name}") or "", where) for t in tasks)
+        splits[row["split"]].append(Example(row["key"], int(row["label"]), row.get("sha256") or "", targets))
+    return ImageData(summary["class_names"], splits, skipped, summary["source"], summary["kind"], summary["tfds"],
+                     named_tasks=tasks)
 
 
 def augment(batch: tf.Tensor, seed: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
@@ -315,6 +362,37 @@ def cache_place(cache: str, data: ImageData, image_size: int) -> str:
     return "none"
 
 
+def targets(data: ImageData, examples: list[Example], cfg: DataConfig) -> tuple[dict, dict]:
+    """Per head: multi-hot targets [N, C] and loss weights [N]: 0 where an example has no label for the
+    task (masked out of its loss and metrics), else 1 or the class weight of a single-label task."""
+    use_weights = tasks_lib.per_task(cfg.task_class_weights, data.tasks, "--task-class-weights", bool,
+                                     cfg.class_weights)
+    ys, ws = {}, {}
+    for i, task in enumerate(data.tasks):
+        y = np.zeros((len(examples), task.num_classes), np.float32)
+        w = np.zeros(len(examples), np.float32)
+        weights = data.class_weights(i) if use_weights[task.name] and not task.multi_label else {}
+        for row, e in enumerate(examples):
+            target = data.targets(e)[i]
+            if target is not None:
+                y[row, list(target)] = 1.0
+                w[row] = weights.get(target[0], 1.0)
+        ys[task.head], ws[task.head] = y, w
+    return ys, ws
+
+
+def labelled(data: ImageData, examples: list[Example], cfg: DataConfig):
+    """The batch map from (pixels uint8, labels or example indices) to what the model trains on:
+    (float32 pixels, one-hot labels) with one task; (pixels, {head: targets}, {head: weights}) with named tasks."""
+    if not data.named_tasks:
+        n = data.num_classes
+        return lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, n))
+    ys, ws = targets(data, examples, cfg)
+    ys, ws = ({h: tf.constant(v) for h, v in d.items()} for d in (ys, ws))
+    return lambda x, i: (tf.cast(x, tf.float32), {h: tf.gather(v, i) for h, v in ys.items()},
+                         {h: tf.gather(v, i) for h, v in ws.items()})
+
+
 def pipeline(
     data: ImageData,
     split: str,
@@ -325,7 +403,8 @@ def pipeline(
     batch_size: int | None = None,
     shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (float32 pixels 0-255 [B, S, S, 3], one-hot labels) for one split.
+    """Batches of (float32 pixels 0-255 [B, S, S, 3], one-hot labels) for one split; with named tasks
+    (pixels, {head: targets}, {head: loss weights}) (see `labelled`).
 
     Read and decode run in parallel; decoded, resized uint8 images are cached; only the
     training split is shuffled and augmented.
@@ -333,12 +412,15 @@ def pipeline(
     examples = data.splits[split]
     if not examples:
         raise DataError(f"the {split} split is empty")
-    num_classes = data.num_classes
+    # With named tasks the pipeline carries each example's index, and the batch looks its targets up.
+    labels = list(range(len(examples))) if data.named_tasks else [e.label for e in examples]
     if data.kind == "tfds":
         ds = encoded_images(data, examples)
+        if data.named_tasks:  # pragma: no cover - TFDS sources have one task
+            raise DataError("named tasks need a CSV manifest")
         ds = ds.map(lambda b, y: (images.decode_and_resize(b, image_size), y), num_parallel_calls=AUTOTUNE)
     else:  # read and decode in one parallel step
-        ds = tf.data.Dataset.from_tensor_slices(([e.key for e in examples], [e.label for e in examples]))
+        ds = tf.data.Dataset.from_tensor_slices(([e.key for e in examples], labels))
         if shard:  # by file: each worker decodes only its share of the files
             ds = ds.shard(*shard)
         ds = ds.map(lambda path, y: (images.decode_and_resize(tf.io.read_file(path), image_size), y),
@@ -353,12 +435,11 @@ def pipeline(
         ds = ds.cache(disk_cache_prefix(folder, f"{split}-{key}"))
     if training:
         ds = ds.shuffle(min(cfg.shuffle_buffer, len(examples)), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size or cfg.batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size or cfg.batch_size).map(labelled(data, examples, cfg), num_parallel_calls=AUTOTUNE)
     if training and cfg.augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds))
-        ds = ds.map(lambda xy, s: (augment(xy[0], s, cfg), xy[1]), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda xy, s: (augment(xy[0], s, cfg), *xy[1:]), num_parallel_calls=AUTOTUNE)
     if shard and data.kind != "tfds":
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

@@ -81,3 +81,40 @@ def ensure_demo_dataset() -> Path:
         write_shapes(root)
         done.write_text("ok\n")
     return root
+
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 70, 220)}
+
+
+def write_multitask(root: str | Path, count: int = 150, size: int = 64, seed: int = 0,
+                    unlabelled: float = 0.2) -> Path:
+    """Generated images with three tasks, and their manifest root/manifest.csv (path,shape,colour,tags):
+    `shape` (circle, square, triangle) and `colour` (red, green, blue) are single-label; `tags` is
+    multi-label (dark or light background, 'noisy' for a grainy one, 'large' for big shapes). A share `unlabelled` of
+    the rows has no colour label (an empty cell). Deterministic for a seed; returns the CSV's path."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shapes, colours = DEMO_CLASSES, tuple(COLOURS)
+    rows = [["path", "shape", "colour", "tags"]]
+    for i in range(count):
+        shape, colour = shapes[i % len(shapes)], colours[(i // len(shapes)) % len(colours)]
+        dark, noisy = rng.random() < 0.5, rng.random() < 0.5
+        pixels = np.clip(rng.normal(70 if dark else 190, 30 if noisy else 4, size=(size, size, 3)), 0, 255)
+        pixels = pixels.astype(np.uint8)
+        image = Image.fromarray(pixels)
+        r = rng.uniform(0.15, 0.35) * size
+        cx, cy = rng.uniform(r, size - r, size=2)
+        fill = tuple(int(c) for c in np.clip(np.array(COLOURS[colour]) + rng.integers(-25, 26, 3), 0, 255))
+        draw = ImageDraw.Draw(image)
+        if shape == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        elif shape == "square":
+            draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+        name = f"images/{i:04d}.png"
+        image.save(root / name)
+        tags = ["dark" if dark else "light"] + ["noisy"] * noisy + ["large"] * (r > 0.25 * size)
+        rows.append([name, shape, "" if rng.random() < unlabelled else colour, "|".join(tags)])
+    return folders.write_csv(root / "manifest.csv", rows)

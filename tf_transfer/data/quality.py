@@ -3,6 +3,7 @@ splits, with conflicting labels), and what ``--dedupe`` keeps of them."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ class Duplicate:
 
     @property
     def conflicting(self) -> bool:
-        return len({e.label for _, e in self.members}) > 1
+        return len({(e.label, e.targets) for _, e in self.members}) > 1
 
     @property
     def across_splits(self) -> bool:
@@ -37,7 +38,7 @@ def with_digests(partitions: dict[str, list[Example]]) -> dict[str, list[Example
     members = [e for examples in partitions.values() for e in examples]
     with ThreadPoolExecutor(8) as pool:
         digests = dict(zip([e.key for e in members], pool.map(lambda e: file_digest(e.key), members), strict=True))
-    return {p: [Example(e.key, e.label, digests[e.key]) for e in examples] for p, examples in partitions.items()}
+    return {p: [dataclasses.replace(e, digest=digests[e.key]) for e in examples] for p, examples in partitions.items()}
 
 
 def find_duplicates(partitions: dict[str, list[Example]]) -> list[Duplicate]:
@@ -52,7 +53,7 @@ def find_duplicates(partitions: dict[str, list[Example]]) -> list[Duplicate]:
 def report(groups: list[Duplicate], class_names: list[str]) -> dict:
     """A summary for the log and the run's data summary."""
     def show(g: Duplicate) -> str:
-        return " = ".join(f"{e.key} ({p}, {class_names[e.label]})" for p, e in g.members)
+        return " = ".join(f"{e.key} ({p}, {class_names[e.label] if e.label >= 0 else '-'})" for p, e in g.members)
 
     conflicting = [g for g in groups if g.conflicting]
     across = [g for g in groups if g.across_splits and not g.conflicting]

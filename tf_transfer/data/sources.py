@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from tf_transfer import fs
+from tf_transfer import tasks as tasks_lib
 from tf_transfer.errors import DataError
 from tf_transfer.fs import GPath
+from tf_transfer.tasks import Task
 
 log = logging.getLogger(__name__)
 __all__ = ["SPLITS", "Catalog", "DataError", "Example", "resolve"]
@@ -27,8 +29,9 @@ _SPLIT_ALIASES = {
 @dataclass(frozen=True)
 class Example:
     key: str  # a file path, or "<tfds split>:<index>" for TFDS
-    label: int
+    label: int  # the (first) task's class index; -1 when the example has no single label for it
     digest: str = ""  # SHA-256 of the file's bytes, once the data check has read it
+    targets: tuple = ()  # with named tasks: each task's class indices (None: no label for that task)
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Catalog:
     skipped: dict[str, str] = field(default_factory=dict)  # path -> reason
     tfds: dict | None = None  # name, data_dir, image_key, label_key
     outside: list[str] = field(default_factory=list)  # files that resolve outside the data root (symlinks, ../)
+    tasks: list[Task] = field(default_factory=list)  # named tasks (several label columns); empty: one task
 
 
 def printable(path: str | Path) -> str:
@@ -123,48 +127,94 @@ def scan_folder(root: str | Path) -> Catalog:
     return Catalog("folder", str(root), class_names, partitions, skipped, outside=_outside(files, root))
 
 
-def read_csv(path: str | Path) -> Catalog:
-    """A CSV manifest with columns path,label and optionally split; relative paths are relative to the CSV."""
-    path = fs.path(path)
-    if not path.is_file():
-        raise DataError(f"CSV manifest {path} does not exist")
+def _read_rows(path: Path | GPath) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
+    """(header in lower case, or None when the first row is data; [(line number, cells)])."""
     with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f)
         rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
-    if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["path", "label"]:
-        header, rows = [c.strip().lower() for c in rows[0][1]], rows[1:]
-    else:
-        header = ["path", "label", "split"]
+    if rows and rows[0][1][0].strip().lower() == "path" and len(rows[0][1]) >= 2:
+        return [c.strip() for c in rows[0][1]], rows[1:]
+    return None, rows
+
+
+def _task_columns(header: list[str] | None, wanted: str, path) -> tuple[list[str], list[int]]:
+    """The label columns to learn (names and indices): --tasks, else every column but path and split."""
+    if header is None:
+        if wanted:
+            raise DataError(f"--tasks {wanted}: CSV manifest {path} has no header row; expected a first row such as "
+                            "path,species,colour[,split] naming the label columns")
+        return ["label"], [1]
+    columns = {name.lower(): i for i, name in enumerate(header) if i and name.lower() != "split"}
+    names = [n.strip() for n in wanted.split(",") if n.strip()] if wanted else [header[i] for i in columns.values()]
+    unknown = [n for n in names if n.lower() not in columns]
+    if unknown or not names:
+        raise DataError(f"CSV manifest {path}: no label column {', '.join(unknown) or '(none)'}; its label columns are "
+                        f"{', '.join(header[i] for i in columns.values()) or '(none)'}")
+    return names, [columns[n.lower()] for n in names]
+
+
+def read_csv(path: str | Path, wanted_tasks: str = "") -> Catalog:
+    """A CSV manifest: path, one or more label columns, optionally split (header `path,label[,split]`
+    or `path,species,colour[,split]`, or no header and path,label[,split]); relative paths are relative
+    to the CSV. Several label columns (or --tasks) make one task per column."""
+    path = fs.path(path)
+    if not path.is_file():
+        raise DataError(f"CSV manifest {path} does not exist")
+    header, rows = _read_rows(path)
     if not rows:
         raise DataError(f"CSV manifest {path} lists no images; expected rows of path,label[,split]")
-    split_col = header.index("split") if "split" in header else None
+    names, label_cols = _task_columns(header, wanted_tasks, path)
+    lowered = [c.lower() for c in header] if header else ["path", "label", "split"]
+    split_col = lowered.index("split") if "split" in lowered else None
+    multi = [header is not None and any(tasks_lib.MULTI_SEPARATOR in r[c] for _, r in rows if len(r) > c)
+             for c in label_cols]
     entries, skipped = [], {}
     for line, row in rows:
+        where = f"{path}, line {line}"
         if not all(_utf8(cell) for cell in row):
             skipped[f"{printable(path)}, line {line}"] = "the line is not valid UTF-8"
             continue
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise DataError(f"{path}, line {line}: expected path,label[,split], got {','.join(row)!r}")
+        cells = [tasks_lib.parse_cell(row[c] if len(row) > c else "", m, where) for c, m in zip(label_cols, multi, strict=False)]
+        if not row[0].strip() or all(cell is None for cell in cells):
+            raise DataError(f"{where}: expected a path and at least one label ({','.join(['path', *names])}), "
+                            f"got {','.join(row)!r}")
         file = fs.path(row[0].strip())
         file = file if file.is_absolute() else path.parent / file
-        split = "all"
-        if split_col is not None and len(row) > split_col and row[split_col].strip():
-            split = _SPLIT_ALIASES.get(row[split_col].strip().lower())
-            if split is None:
-                raise DataError(f"{path}, line {line}: unknown split {row[split_col]!r}; expected train, val or test")
         if not file.is_file():
-            skipped[str(file)] = "file not found"
+            skipped[str(file)] = f"file not found (line {line})"
             continue
-        entries.append((split, str(file), row[1].strip()))
-    class_names = sorted({label for _, _, label in entries})
-    index = {name: i for i, name in enumerate(class_names)}
+        entries.append((_row_split(row, split_col, where), str(file), cells))
+    named = header is not None and (len(names) > 1 or any(multi) or names[0].lower() != "label")
+    tasks = [Task(tasks_lib.check_name(n, str(path)) if named else "", tuple(sorted({x for *_, cells in entries
+                                                                                 for x in (cells[i] or ())})), m)
+             for i, (n, m) in enumerate(zip(names, multi, strict=False))]
+    return _catalog(path, tasks, entries, skipped, named)
+
+
+def _row_split(row: list[str], split_col: int | None, where: str) -> str:
+    if split_col is None or len(row) <= split_col or not row[split_col].strip():
+        return "all"
+    split = _SPLIT_ALIASES.get(row[split_col].strip().lower())
+    if split is None:
+        raise DataError(f"{where}: unknown split {row[split_col]!r}; expected train, val or test")
+    return split
+
+
+def _catalog(path, tasks: list[Task], entries: list, skipped: dict, named: bool) -> Catalog:
+    """The catalogue of a manifest's rows: the first task's label on each example, every task's targets
+    when the tasks are named (several columns, a multi-label column or --tasks)."""
+    if len(tasks) == 1 and not tasks[0].multi_label and not named:
+        tasks = [Task("", tasks[0].class_names)]
+    indices = [{name: i for i, name in enumerate(t.class_names)} for t in tasks]
     partitions: dict[str, list[Example]] = {}
-    for split, file, label in entries:
-        partitions.setdefault(split, []).append(Example(file, index[label]))
+    for split, file, cells in entries:
+        targets = tuple(None if c is None else tuple(index[x] for x in c) for c, index in zip(cells, indices, strict=False))
+        first = targets[0][0] if targets[0] else -1
+        partitions.setdefault(split, []).append(Example(file, first, targets=targets if tasks[0].name else ()))
     if "all" in partitions and len(partitions) > 1:
         partitions.setdefault("train", []).extend(partitions.pop("all"))
-    return Catalog("csv", str(path), class_names, partitions, skipped=skipped,
-                   outside=_outside([f for _, f, _ in entries], path.parent))
+    return Catalog("csv", str(path), list(tasks[0].class_names), partitions, skipped=skipped,
+                   outside=_outside([f for _, f, _ in entries], path.parent), tasks=tasks)
 
 
 def _tfds_split_name(split: str) -> str | None:
@@ -211,8 +261,12 @@ def read_tfds(name: str, data_dir: str = "") -> Catalog:
                    tfds={"name": name, "data_dir": data_dir, "image_key": image_key, "label_key": label_key})
 
 
-def resolve(source: str, tfds_data_dir: str = "") -> Catalog:
-    """Dispatch on the source string: 'demo', 'tfds:NAME', 'csv:PATH', or a folder path."""
+def resolve(source: str, tfds_data_dir: str = "", tasks: str = "") -> Catalog:
+    """Dispatch on the source string: 'demo', 'tfds:NAME', 'csv:PATH', or a folder path. `tasks` picks
+    label columns of a CSV manifest (--tasks)."""
+    if tasks and not source.startswith("csv:"):
+        raise DataError(f"--tasks {tasks}: named tasks come from the label columns of a CSV manifest; "
+                        f"expected --data csv:PATH, got {source!r}")
     if source == "demo":
         from tf_transfer.data import demo
 
@@ -220,7 +274,7 @@ def resolve(source: str, tfds_data_dir: str = "") -> Catalog:
     if source.startswith("tfds:"):
         return read_tfds(source[len("tfds:"):], tfds_data_dir)
     if source.startswith("csv:"):
-        return read_csv(source[len("csv:"):])
+        return read_csv(source[len("csv:"):], tasks)
     if not source:
         raise DataError("no data source given; pass --data FOLDER (or csv:PATH, tfds:NAME, demo)")
     return scan_folder(source)

@@ -58,18 +58,20 @@ def confusion(matrix: Sequence[Sequence[int]], class_names: list[str], normalize
     return fig
 
 
-def per_class_f1(metrics: dict) -> Figure:
+def per_class_f1(metrics: dict, title: str = "per-class F1") -> Figure:
+    """F1 per class (per label at its threshold for a multi-label task) and the macro average."""
     names = list(metrics["per_class"])
     f1 = [metrics["per_class"][n]["f1"] for n in names]
     fig = Figure(figsize=(max(5, 0.4 * len(names) + 2), 3.5), layout="constrained")
     ax = fig.subplots()
     ax.bar(range(len(names)), f1, color="tab:blue")
-    ax.axhline(metrics["macro_avg"]["f1"], color="tab:red", ls="--", lw=1, label="macro F1")
+    macro = metrics["macro_f1"] if metrics.get("multi_label") else metrics["macro_avg"]["f1"]
+    ax.axhline(macro, color="tab:red", ls="--", lw=1, label="macro F1")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("F1")
     ax.legend(fontsize=8)
-    ax.set_title("per-class F1")
+    ax.set_title(title)
     return fig
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tf_transfer.evaluation import plots
-from tf_transfer.evaluation.metrics import EPS, format_table
+from tf_transfer.evaluation.metrics import EPS, format_any
 from tf_transfer.folders import RunDir
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,24 @@ def write_plots(run: RunDir, class_names: list[str], m: dict, dataset, labels: n
         worst = worst_indices(labels, probs)
         figures["worst_mistakes"] = plots.predictions_grid(gather_images(dataset, worst), labels[worst],
                                                            probs[worst], class_names, "highest-loss examples")
+    return {name: plots.save(fig, run.plots_dir / f"{name}.png") for name, fig in figures.items()}
+
+
+def write_task_plots(run: RunDir, tasks, m: dict, history: list[dict] | None = None,
+                     stages: list[dict] | None = None, counts: dict | None = None) -> dict[str, Path]:
+    """The plots of a run with several heads: per task its per-class F1, its confusion matrix
+    (single-label tasks) and class distribution; the training curves once. `tasks` are
+    tf_transfer.tasks.Task; `m` a split's metrics with one entry per task; `counts` {task: counts}."""
+    figures = {}
+    if history:
+        figures["curves"] = plots.history_curves(history, stages=stages or [])
+    for t in tasks:
+        tm = m["tasks"][t.name]
+        figures[f"{t.name}_per_class_f1"] = plots.per_class_f1(tm, f"task {t.name}: per-class F1")
+        if not t.multi_label:
+            figures[f"{t.name}_confusion_matrix"] = plots.confusion(tm["confusion_matrix"], list(t.class_names))
+        if counts and counts.get(t.name):
+            figures[f"{t.name}_class_distribution"] = plots.class_distribution(counts[t.name])
     return {name: plots.save(fig, run.plots_dir / f"{name}.png") for name, fig in figures.items()}
 
 
@@ -129,9 +147,19 @@ def comparison_rows(metrics: dict) -> list[list]:
                        ("from scratch, same budget", "baseline_scratch")):
         m = metrics.get(key) if key else metrics
         if m and m.get("test"):
-            rows.append([label, _fmt(m["test"]["accuracy"]), _fmt(m["test"]["log_loss"]),
+            rows.append([label, _fmt(m["test"]["accuracy"]), _fmt(m["test"].get("log_loss")),
                          _fmt(m.get("val", {}).get("accuracy") if m.get("val") else None)])
     return rows
+
+
+def _data_section(summary: dict) -> str:
+    """The class counts per split (per task with several heads)."""
+    by_task = summary.get("task_counts") or {"": summary["counts"]}
+    out = f"<p>source: {html.escape(str(summary.get('source')))}</p>"
+    for name, counts in by_task.items():
+        rows = [[cls, c.get("train", 0), c.get("val", 0), c.get("test", 0)] for cls, c in counts.items()]
+        out += (f"<h3>task {html.escape(name)}</h3>" if name else "") + _table(["class", "train", "val", "test"], rows)
+    return out
 
 
 def write_report(run: RunDir, title: str, split: str, m: dict, plot_paths: dict[str, Path], *,
@@ -145,13 +173,15 @@ def write_report(run: RunDir, title: str, split: str, m: dict, plot_paths: dict[
                                            comparison_rows(all_metrics)) + _tta_note(all_metrics)))
     if stages:
         sections.append(("Stages", stages_table(stages)))
-    sections.append((f"Metrics ({split})", f"<pre>{html.escape(format_table(m))}</pre>"))
-    sections.append(("Plots", "".join(_img(p) for p in plot_paths.values())))
+    for name, tm in (m["tasks"].items() if "tasks" in m else [("", m)]):
+        heading = f"Metrics ({split}): task {name}" if name else f"Metrics ({split})"
+        plots_of = "".join(_img(p) for key, p in plot_paths.items() if name and key.startswith(f"{name}_"))
+        sections.append((heading, f"<pre>{html.escape(format_any(tm))}</pre>{plots_of}"))
+    shown = [p for key, p in plot_paths.items() if "tasks" not in m or not any(
+        key.startswith(f"{name}_") for name in m["tasks"])]
+    sections.append(("Plots", "".join(_img(p) for p in shown)))
     if data_summary:
-        counts = data_summary["counts"]
-        rows = [[name, c.get("train", 0), c.get("val", 0), c.get("test", 0)] for name, c in counts.items()]
-        sections.append(("Data", f"<p>source: {html.escape(str(data_summary.get('source')))}</p>"
-                                 + _table(["class", "train", "val", "test"], rows)))
+        sections.append(("Data", _data_section(data_summary)))
     skipped = skipped or {}
     listing = "".join(f"<li>{html.escape(p)}: {html.escape(r)}</li>" for p, r in sorted(skipped.items())[:200])
     sections.append(("Skipped files", f"<p>{len(skipped)} file(s) skipped.</p><ul>{listing}</ul>"))

@@ -4,7 +4,6 @@ and what each phase freezes and unfreezes in it."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,29 +14,17 @@ from tf_transfer.errors import BackboneError
 from tf_transfer.models import backbones
 from tf_transfer.models.backbones import Backbone
 from tf_transfer.models.layers import Classifier, Preprocess
+from tf_transfer.tasks import Task
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class HeadSpec:
-    """One task on the shared backbone: its class names (in score order)."""
-
-    class_names: tuple[str, ...]
-    task: str = ""  # "" for the one-task case: the layer is "head" and the outputs are as they always were
-
-    @property
-    def layer_name(self) -> str:
-        return f"head_{self.task}" if self.task else "head"
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+HeadSpec = Task  # one head per task (kept under its earlier name)
 
 
-def build_head(spec: HeadSpec, features: int, cfg: ModelConfig) -> keras.Sequential:
-    """Dropout (+ optional hidden layer) + Dense softmax over the classes; float32 output."""
-    num_classes = spec.num_classes
+def build_head(spec: Task, features: int, cfg: ModelConfig) -> keras.Sequential:
+    """Dropout (+ optional hidden layer) + Dense softmax over the classes (sigmoid per label for a
+    multi-label task); float32 output."""
     reg = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
     layers = [keras.Input((features,), name="features"), keras.layers.Dropout(cfg.dropout, name="dropout")]
     if cfg.hidden_units:
@@ -45,22 +32,23 @@ def build_head(spec: HeadSpec, features: int, cfg: ModelConfig) -> keras.Sequent
             keras.layers.Dense(cfg.hidden_units, activation="relu", kernel_regularizer=reg, name="hidden"),
             keras.layers.Dropout(cfg.dropout, name="hidden_dropout"),
         ]
-    layers.append(keras.layers.Dense(num_classes, activation="softmax", kernel_regularizer=reg, dtype="float32",
-                                     name="probabilities"))
-    return keras.Sequential(layers, name=spec.layer_name)
+    layers.append(keras.layers.Dense(spec.num_classes, activation="sigmoid" if spec.multi_label else "softmax",
+                                     kernel_regularizer=reg, dtype="float32", name="probabilities"))
+    return keras.Sequential(layers, name=spec.head)
 
 
-def build_classifier(backbone: Backbone, heads: list[HeadSpec] | int, cfg: ModelConfig,
+def build_classifier(backbone: Backbone, heads: list[Task] | int, cfg: ModelConfig,
                      train_bn: bool = False) -> keras.Model:
-    """image (float 0-255) -> preprocess -> backbone -> pooler -> head -> class probabilities.
+    """image (float 0-255) -> preprocess -> backbone -> pooler -> head(s) -> class probabilities.
 
-    `heads` lists the tasks (an int n means one task of n unnamed classes). The backbone runs in
-    inference mode (frozen BatchNorm statistics) unless train_bn is set.
+    `heads` lists the tasks (an int n means one task of n unnamed classes). One unnamed task gives one
+    output tensor; named tasks give a dict {head_<task>: probabilities}. The backbone runs in inference
+    mode (frozen BatchNorm statistics) unless train_bn is set.
     """
     if isinstance(heads, int):
-        heads = [HeadSpec(tuple(str(i) for i in range(heads)))]
-    if len(heads) != 1:
-        raise BackboneError(f"expected one head, got {len(heads)}")
+        heads = [Task("", tuple(str(i) for i in range(heads)))]
+    if not heads or (len(heads) > 1 and not all(h.name for h in heads)):
+        raise BackboneError(f"expected one unnamed task or several named ones, got {[h.name for h in heads]}")
     size = backbone.image_size
     inputs = keras.Input((size, size, 3), dtype="float32", name="image")
     x = Preprocess(backbone.preprocess, name="preprocess")(inputs)
@@ -70,8 +58,26 @@ def build_classifier(backbone: Backbone, heads: list[HeadSpec] | int, cfg: Model
     elif len(features.shape) != 2:
         raise BackboneError(f"backbone output has shape {features.shape}; expected a feature map [B, H, W, C] or "
                             "a feature vector [B, D]")
-    outputs = build_head(heads[0], int(features.shape[-1]), cfg)(features)
-    return Classifier(inputs, outputs, name="classifier")
+    dim = int(features.shape[-1])
+    if not heads[0].name:
+        return Classifier(inputs, build_head(heads[0], dim, cfg)(features), name="classifier")
+    return Classifier(inputs, {h.head: build_head(h, dim, cfg)(features) for h in heads}, name="classifier")
+
+
+def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The model's heads in output order ('head', or 'head_<task>' for each named task)."""
+    return [model.get_layer(name) for name in model.output_names]
+
+
+def model_tasks(model: keras.Model) -> list[Task]:
+    """The tasks of a model's heads, read from the model (classes numbered: names live with the data):
+    one unnamed task for a single output, else one per head_<task>, multi-label where it is sigmoid."""
+    out = []
+    for head in head_layers(model):
+        dense = head.get_layer("probabilities")
+        name = head.name.removeprefix("head_") if isinstance(model.output, dict) else ""
+        out.append(Task(name, tuple(map(str, range(dense.units))), dense.activation.__name__ == "sigmoid"))
+    return out
 
 
 def backbone_of(model: keras.Model) -> keras.layers.Layer:
@@ -133,7 +139,7 @@ def count_params(weights) -> int:
     return int(sum(np.prod(w.shape) for w in weights))
 
 
-def rebuild(model_cfg: ModelConfig, heads: list[HeadSpec] | int, image_size: int, weights_file: str,
+def rebuild(model_cfg: ModelConfig, heads: list[Task] | int, image_size: int, weights_file: str,
             train_bn: bool = False) -> keras.Model:
     """A run's classifier outside any distribution strategy, with the weights of `weights_file`."""
     # The weights file replaces whatever the backbone starts with, so skip any download.

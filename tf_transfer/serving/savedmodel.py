@@ -45,6 +45,25 @@ class ExportSpec:
     representative: Sequence = field(default_factory=list)  # calibration pixels for int8 TFLite
     verify: bool = False  # reload in a fresh process before publishing
     tta: bool = False  # serve scores averaged with the horizontally flipped image
+    tasks: Sequence = ()  # tf_transfer.tasks.Task per head when there are named tasks; empty: one task
+    thresholds: dict = field(default_factory=dict)  # multi-label tasks: {task: per-label thresholds}
+
+    def heads(self) -> list:
+        """The tasks of the export's heads (one unnamed task over class_names by default)."""
+        from tf_transfer.tasks import Task
+
+        return list(self.tasks) or [Task("", tuple(self.class_names))]
+
+    def task_file(self) -> dict:
+        """tasks.json: per task its kind, labels file, output names and (multi-label) thresholds."""
+        out = []
+        for t in self.heads():
+            names = ["classes", "scores", "all_scores"] if t.multi_label else \
+                ["scores", "classes", "top_k_scores", "top_k_classes"]
+            out.append({**t.to_dict(), "labels_file": ModelDir.task_labels(t.name),
+                        "outputs": [t.prefix + n for n in names],
+                        **({"thresholds": self.thresholds[t.name]} if t.multi_label else {})})
+        return {"tasks": out}
 
 
 def synthetic_images(size: int, count: int = 6, seed: int = 0) -> list[bytes]:
@@ -117,15 +136,23 @@ def _write_samples(version: Path, model, spec: ExportSpec, name: str) -> None:
 
     pixels = tf.cast(tf.stack([images.decode_and_resize(tf.constant(b), spec.image_size) for b in spec.samples]),
                      tf.float32)
-    scores = model(pixels, training=False).numpy()
+
+    def scores_of(x) -> dict:
+        out = model(x, training=False)
+        return {h: np.asarray(p) for h, p in out.items()} if isinstance(out, dict) else {"head": np.asarray(out)}
+
+    scores = scores_of(pixels)
     if spec.tta:
-        scores = (scores + model(tf.reverse(pixels, axis=[2]), training=False).numpy()) / 2.0
+        flipped = scores_of(tf.reverse(pixels, axis=[2]))
+        scores = {h: (s + flipped[h]) / 2.0 for h, s in scores.items()}
     mixed = any(getattr(layer, "compute_dtype", "float32") != "float32" for layer in model.submodules
                 if hasattr(layer, "compute_dtype"))
+    recorded = {t.prefix + ("all_scores" if t.multi_label else "scores"): scores[t.head].astype(float).round(7).tolist()
+                for t in spec.heads()}
     folders.write_json(version / ModelDir.SAMPLES, {
         "images_b64": [base64.b64encode(b).decode("ascii") for b in spec.samples],
-        "scores": np.asarray(scores, dtype=float).round(7).tolist(),
-        "class_names": spec.class_names,
+        "scores": recorded.pop("scores", None), "task_scores": recorded,
+        "class_names": spec.class_names, "tasks": [t.to_dict() for t in spec.tasks],
         "tolerance": MIXED_TOLERANCE if mixed else SCORE_TOLERANCE,
     })
     write_warmup(version / ModelDir.WARMUP, name, spec.samples)
@@ -135,16 +162,24 @@ def write_version(model, spec: ExportSpec, version: Path, name: str) -> None:
     """Write every file of one export version into `version` (a staging folder)."""
     from tf_transfer.serving import signatures
 
-    fns = signatures.build(model, spec.class_names, spec.image_size, spec.top_k, spec.max_image_pixels, spec.tta)
+    fns = signatures.build(model, spec.heads(), spec.image_size, spec.top_k, spec.max_image_pixels, spec.tta,
+                           spec.thresholds)
     model.save(str(version), save_format="tf", include_optimizer=False, signatures=fns)
     signatures.mark_classify(str(version))
     labels = "".join(f"{c}\n" for c in spec.class_names)
-    folders.write_text(version / ModelDir.LABELS, labels)
+    if spec.tasks:
+        folders.write_json(version / ModelDir.TASKS, spec.task_file())
+        for t in spec.tasks:
+            folders.write_text(version / ModelDir.task_labels(t.name), "".join(f"{c}\n" for c in t.class_names))
+    else:
+        folders.write_text(version / ModelDir.LABELS, labels)
     folders.write_json(version / ModelDir.CONFIG, spec.config)
     folders.write_json(version / ModelDir.METRICS, spec.metrics)
     if spec.samples:
         _write_samples(version, model, spec, name)
-    if spec.tflite:
+    if spec.tflite and spec.tasks:
+        log.warning("TFLite export skipped: it supports models with one head (this one has %d)", len(spec.tasks))
+    elif spec.tflite:
         from tf_transfer.serving import tflite as tflite_lib
 
         for variant in spec.tflite:
@@ -167,6 +202,19 @@ def export_classifier(model, spec: ExportSpec, export_root: str | Path, name: st
     return final
 
 
+def export_tasks(path) -> list:
+    """The tasks of an export (tasks.json; one unnamed task over labels.txt without it), with class names."""
+    from tf_transfer.tasks import Task
+
+    path = fs.path(path)
+    if (path / ModelDir.TASKS).is_file():
+        return [Task.from_dict(t) for t in json.loads((path / ModelDir.TASKS).read_text())["tasks"]]
+    if not (path / ModelDir.LABELS).is_file():
+        raise ExportError(f"{path} has neither {ModelDir.LABELS} nor {ModelDir.TASKS}; expected an export written "
+                          "by tf_transfer")
+    return [Task("", tuple((path / ModelDir.LABELS).read_text().splitlines()))]
+
+
 def verify(path: str | Path) -> dict:
     """Reload an export and check its serving signature against the recorded training-time scores."""
     import numpy as np
@@ -179,20 +227,26 @@ def verify(path: str | Path) -> dict:
     if not samples_file.is_file():
         raise ExportError(f"{path} has no {ModelDir.SAMPLES}; expected an export written by tf_transfer")
     recorded = json.loads(samples_file.read_text())
-    labels = (path / ModelDir.LABELS).read_text().splitlines()
+    tasks = export_tasks(path)
     loaded = tf.saved_model.load(str(path))
     if signatures.DEFAULT not in loaded.signatures:
         raise ExportError(f"{path}: no {signatures.DEFAULT} signature; found {', '.join(loaded.signatures)}")
     images_bytes = [base64.b64decode(s) for s in recorded["images_b64"]]
     out = loaded.signatures[signatures.DEFAULT](**{signatures.BYTES_INPUT: tf.constant(images_bytes)})
-    scores = out["scores"].numpy()
-    classes = [[c.decode() for c in row] for row in out["classes"].numpy()]
-    expected = np.asarray(recorded["scores"])
-    diff = float(np.abs(scores - expected).max())
-    same_top1 = bool((scores.argmax(-1) == expected.argmax(-1)).all())
-    top1 = [row[0].decode() for row in out["top_k_classes"].numpy()]
-    names_ok = (all(row == labels for row in classes) and labels == recorded["class_names"]
-                and top1 == [labels[i] for i in expected.argmax(-1)])
+    expected_all = {"scores": recorded["scores"], **recorded.get("task_scores", {})}
+    diff, same_top1, names_ok = 0.0, True, [t.to_dict() for t in tasks if t.name] == recorded.get("tasks", [])
+    for t in tasks:
+        key = t.prefix + ("all_scores" if t.multi_label else "scores")
+        scores, expected = out[key].numpy(), np.asarray(expected_all[key])
+        diff = max(diff, float(np.abs(scores - expected).max()))
+        same_top1 &= bool((scores.argmax(-1) == expected.argmax(-1)).all())
+        if not t.multi_label:
+            labels = list(t.class_names)
+            classes = [[c.decode() for c in row] for row in out[t.prefix + "classes"].numpy()]
+            top1 = [row[0].decode() for row in out[t.prefix + "top_k_classes"].numpy()]
+            names_ok &= all(row == labels for row in classes) and top1 == [labels[i] for i in expected.argmax(-1)]
+    if not tasks[0].name:
+        names_ok &= list(tasks[0].class_names) == recorded["class_names"]
     tolerance = recorded.get("tolerance", SCORE_TOLERANCE)
     return {"path": str(path), "samples": len(images_bytes), "max_score_diff": diff, "tolerance": tolerance,
             "same_top1": same_top1, "class_names_match": names_ok,

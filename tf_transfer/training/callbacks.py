@@ -10,7 +10,8 @@ from tf_transfer._keras import keras
 from tf_transfer.errors import Preempted
 from tf_transfer.folders import RunDir
 
-__all__ = ["HistoryRecorder", "Preempted", "PreemptionSaver", "StageFinisher", "StateRecorder", "quiet_batch_timing"]
+__all__ = ["HistoryRecorder", "Preempted", "PreemptionSaver", "StageFinisher", "StateRecorder", "TaskMeans",
+           "quiet_batch_timing"]
 
 
 class StageFinisher(keras.callbacks.Callback):
@@ -30,6 +31,24 @@ class StageFinisher(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self.run.save_weights(self.full_model, self.weights)
         self.run.mark_done(self.stage, self.last_epoch)
+
+
+class TaskMeans(keras.callbacks.Callback):
+    """With several heads Keras logs head_<task>_accuracy per head: add their mean as `accuracy` (and
+    `val_accuracy`), so --monitor, early stopping and the best checkpoint watch all tasks at once.
+    Place it first: later callbacks see the same logs."""
+
+    def __init__(self, heads: list[str]):
+        super().__init__()
+        self.heads = heads
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for prefix in ("", "val_"):
+            values = [logs[k] for k in (f"{prefix}{h}_accuracy" for h in self.heads) if k in logs]
+            if values:
+                logs[f"{prefix}accuracy"] = sum(float(v) for v in values) / len(values)
 
 
 def _plain(value):

@@ -29,6 +29,7 @@ from tf_transfer import folders
 from tf_transfer._keras import keras
 from tf_transfer.config import Config
 from tf_transfer.data import datasets as data_lib
+from tf_transfer.models import classifier
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,17 @@ def effective_views(config: Config) -> int:
 
 def feature_model(model: keras.Model) -> keras.Model:
     """Image in, the tensor that feeds the classifier's head out (the pooled backbone features)."""
-    return keras.Model(model.inputs, model.get_layer("head").get_input_at(0), name="features")
+    return keras.Model(model.inputs, classifier.head_layers(model)[0].get_input_at(0), name="features")
 
 
 def head_model(model: keras.Model) -> keras.Model:
-    """The classifier's own head (shared weights) as a model of the cached features."""
-    head = model.get_layer("head")
-    inputs = keras.Input(head.input_shape[1:], name="features")
-    return keras.Model(inputs, head(inputs), name="head_on_features")
+    """The classifier's own head(s) (shared weights) as a model of the cached features, with the
+    classifier's outputs (one tensor, or {head_<task>: probabilities})."""
+    heads = classifier.head_layers(model)
+    inputs = keras.Input(heads[0].input_shape[1:], name="features")
+    if not isinstance(model.output, dict):
+        return keras.Model(inputs, heads[0](inputs), name="head_on_features")
+    return keras.Model(inputs, {h.name: h(inputs) for h in heads}, name="head_on_features")
 
 
 def extractor(model: keras.Model, image_size: int):
@@ -106,6 +110,8 @@ def examples_digest(images: data_lib.ImageData, split: str) -> str:
     if images.kind != "tfds":  # TFDS records are immutable for a given name and version
         with ThreadPoolExecutor(8) as pool:  # read now: a file may have changed since the split was made
             contents = list(pool.map(folders.file_digest, [e.key for e in examples]))
+    if images.named_tasks:  # their records hold no labels (the targets come from the split)
+        h.update(b"named tasks")
     for e, digest in zip(examples, contents, strict=True):
         h.update(f"{e.key}\t{e.label}\t{digest}\n".encode())
     return h.hexdigest()
@@ -175,7 +181,10 @@ def _extraction_input(config: Config, images: data_lib.ImageData, split: str, im
     """Batches of (pixels of `views` views stacked along the batch axis [V*B, S, S, 3], labels [B])."""
     plain = dataclasses.replace(config.data, augment=False, cache="none")
     ds = data_lib.pipeline(images, split, plain, image_size, config.seed, batch_size=batch_size)
-    ds = ds.map(lambda x, y: (x, tf.argmax(y, axis=-1, output_type=tf.int32)))
+    if images.named_tasks:  # the records keep the first label; named tasks' targets come from the split
+        ds = ds.map(lambda x, y, w: (x, tf.zeros(tf.shape(x)[:1], tf.int32)))
+    else:
+        ds = ds.map(lambda x, y: (x, tf.argmax(y, axis=-1, output_type=tf.int32)))
     if views == 1:
         return ds
     base = tf.constant([config.seed, 0], tf.int64)
@@ -256,8 +265,10 @@ def ensure(model: keras.Model, config: Config, images: data_lib.ImageData, split
 
 
 def dataset(features: FeatureSet, num_classes: int, seed: int, shuffle_buffer: int = 0,
-            batch_size: int = 32) -> tf.data.Dataset:
+            batch_size: int = 32, targets: tuple[dict, dict] | None = None) -> tf.data.Dataset:
     """Batches of (features [B, D], one-hot labels), shuffled like the image pipeline when shuffle_buffer.
+    With `targets` (named tasks: per-head targets and loss weights in split order, from
+    data.datasets.targets), batches of (features, {head: targets}, {head: weights}).
 
     With several views, each epoch shows every example once, as one of its views drawn at random.
     """
@@ -268,7 +279,10 @@ def dataset(features: FeatureSet, num_classes: int, seed: int, shuffle_buffer: i
         f = tf.ensure_shape(tf.io.parse_tensor(ex["features"], tf.float32), [None, features.views, features.dim])
         return f, tf.cast(tf.sparse.to_dense(ex["labels"]), tf.int32)
 
-    ds = tf.data.TFRecordDataset(str(features.path / RECORDS)).map(parse).unbatch().cache()
+    ds = tf.data.TFRecordDataset(str(features.path / RECORDS)).map(parse).unbatch()
+    if targets is not None:  # records are in split order: the i-th vector is the i-th example's
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.range(features.count))).map(lambda fy, i: (fy[0], i))
+    ds = ds.cache()
     if shuffle_buffer:  # the same shuffle, at the same place, as data.pipeline's
         ds = ds.shuffle(min(shuffle_buffer, features.count), seed=seed, reshuffle_each_iteration=True)
     if features.views > 1:
@@ -276,7 +290,12 @@ def dataset(features: FeatureSet, num_classes: int, seed: int, shuffle_buffer: i
         ds = tf.data.Dataset.zip((ds, picks)).map(lambda fy, r: (fy[0][r % features.views], fy[1]))
     else:
         ds = ds.map(lambda f, y: (f[0], y))
-    ds = ds.batch(batch_size).map(lambda f, y: (f, tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
+    if targets is None:
+        ds = ds.batch(batch_size).map(lambda f, y: (f, tf.one_hot(y, num_classes)), num_parallel_calls=AUTOTUNE)
+    else:
+        ys, ws = ({h: tf.constant(v) for h, v in d.items()} for d in targets)
+        ds = ds.batch(batch_size).map(lambda f, i: (f, {h: tf.gather(v, i) for h, v in ys.items()},
+                                                    {h: tf.gather(v, i) for h, v in ws.items()}))
     # Keras iterates a dataset of unknown length differently (epoch 2 on no longer matches the image
     # pipeline's batches); the manifest knows the length.
     steps = -(-features.count // batch_size)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from tf_transfer import tasks as tasks_lib
 from tf_transfer.config import Config
+from tf_transfer.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +122,45 @@ def optimizer(stage: Stage, model, steps_per_epoch: int | None):
     return optimizers.DiscriminativeAdam(lr, factors=factors) if factors else keras.optimizers.Adam(lr)
 
 
-def compile_for(model, stage: Stage, config: Config, steps_per_epoch: int | None = None, backbone_model=None) -> None:
-    """Compile `model` for a stage: its optimizer, cross-entropy (with label smoothing), accuracy.
-    `backbone_model` is the classifier whose backbone blocks get per-block rates (default: `model`)."""
+def losses(config: Config, tasks: list[Task], reduction: str = "auto") -> dict[str, object]:
+    """Per head: cross-entropy (softmax heads) or binary cross-entropy (multi-label heads), with the
+    task's label smoothing (--task-label-smoothing, else --label-smoothing)."""
     from tf_transfer._keras import keras
 
+    smoothing = tasks_lib.per_task(config.model.task_label_smoothing, tasks, "--task-label-smoothing", float,
+                                   config.model.label_smoothing)
+    return {t.head: (keras.losses.BinaryCrossentropy if t.multi_label else keras.losses.CategoricalCrossentropy)(
+        label_smoothing=smoothing[t.name], reduction=reduction) for t in tasks}
+
+
+def loss_weights(config: Config, tasks: list[Task]) -> dict[str, float]:
+    """Per head: its weight in the total loss (--task-weights; 1 where not given)."""
+    weights = tasks_lib.per_task(config.model.task_weights, tasks, "--task-weights", float, 1.0)
+    return {t.head: weights[t.name] for t in tasks}
+
+
+def accuracy(task: Task):
+    from tf_transfer._keras import keras
+
+    return keras.metrics.BinaryAccuracy(name="accuracy") if task.multi_label else \
+        keras.metrics.CategoricalAccuracy(name="accuracy")
+
+
+def compile_for(model, stage: Stage, config: Config, steps_per_epoch: int | None = None, backbone_model=None) -> None:
+    """Compile `model` for a stage: its optimizer, cross-entropy (with label smoothing), accuracy; with
+    several heads, a loss and accuracy per head (masked by the pipeline's loss weights) and
+    --task-weights. `backbone_model` is the classifier whose backbone blocks get per-block rates
+    (default: `model`)."""
+    from tf_transfer.models import classifier
+
+    tasks = classifier.model_tasks(model)
+    named = {} if not tasks[0].name else {
+        "loss": losses(config, tasks), "loss_weights": loss_weights(config, tasks),
+        "weighted_metrics": {t.head: [accuracy(t)] for t in tasks}}
     with model.distribute_strategy.scope():  # optimizer and metrics live with the model's variables
         model.compile(
             optimizer=optimizer(stage, backbone_model or model, steps_per_epoch),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.model.label_smoothing),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            **(named or {"loss": losses(config, tasks)[tasks[0].head], "metrics": [accuracy(tasks[0])]}),
             jit_compile=config.runtime.jit_compile,
             steps_per_execution=config.runtime.steps_per_execution,
         )

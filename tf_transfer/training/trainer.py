@@ -132,7 +132,10 @@ class Trainer:
         # saved (see fit), then BackupAndRestore deletes its backup.
         early = [keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=stage.patience,
                                                restore_best_weights=True, verbose=1)] if stage.patience else []
+        heads = [t.head for t in classifier.model_tasks(self.model)]
+        means = [cb.TaskMeans(heads)] if len(heads) > 1 or heads[0] != "head" else []
         return [
+            *means,
             *early,
             cb.HistoryRecorder(self.run, stage.phase, stage.name),
             backup,
@@ -162,18 +165,30 @@ class Trainer:
         return {"score": value, "metric": metric, "kept": False, "rolled_back_to": best["stage"]}
 
     def score(self) -> dict[str, float]:
-        """The model's val_loss and val_accuracy, from one pass over the validation split."""
+        """The model's val_loss and val_accuracy, from one pass over the validation split. With several
+        heads: the weighted sum of the heads' mean losses and the mean of their accuracies, each over the
+        examples labelled for that head."""
         from tf_transfer._keras import keras
 
-        loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=self.config.model.label_smoothing,
-                                                       reduction="sum")
-        total, correct, count = 0.0, 0, 0
-        for x, y in self.val:
+        tasks = classifier.model_tasks(self.model)
+        loss_fns = phases.losses(self.config, tasks, reduction="none")
+        weights = phases.loss_weights(self.config, tasks)
+        total, correct, count = (dict.fromkeys(loss_fns, 0.0) for _ in range(3))
+        for batch in self.val:
+            x, y, w = keras.utils.unpack_x_y_sample_weight(batch)
             p = self.model(x, training=False)
-            total += float(loss_fn(y, p))
-            correct += int(np.sum(np.argmax(p, -1) == np.argmax(y, -1)))
-            count += int(y.shape[0])
-        return {"val_accuracy": correct / max(count, 1), "val_loss": total / max(count, 1)}
+            ys, ps, ws = (y, p, w) if isinstance(p, dict) else ({tasks[0].head: y}, {tasks[0].head: p}, None)
+            for t in tasks:
+                yt, pt = ys[t.head].numpy(), ps[t.head].numpy()
+                mask = ws[t.head].numpy() > 0 if ws else np.ones(len(yt), bool)
+                total[t.head] += float(np.sum(loss_fns[t.head](yt, pt).numpy()[mask]))
+                hits = (pt > 0.5) == (yt > 0.5) if t.multi_label else \
+                    np.argmax(pt, -1)[:, None] == np.argmax(yt, -1)[:, None]
+                correct[t.head] += float(np.sum(np.mean(hits, axis=-1)[mask]))
+                count[t.head] += int(np.sum(mask))
+        n = {h: max(c, 1) for h, c in count.items()}
+        return {"val_accuracy": float(np.mean([correct[h] / n[h] for h in n])),
+                "val_loss": float(sum(weights[h] * total[h] / n[h] for h in n))}
 
 
 def _better(scores: dict, best: dict, metric: str) -> bool:

@@ -17,9 +17,9 @@ from tf_transfer.data import datasets
 from tf_transfer.data.datasets import ImageData
 from tf_transfer.folders import RunDir
 from tf_transfer.models import backbones, classifier
-from tf_transfer.models.classifier import HeadSpec
 from tf_transfer.serving import savedmodel
 from tf_transfer.serving.savedmodel import ExportSpec
+from tf_transfer.tasks import Task
 from tf_transfer.training import distribute, features, phases
 from tf_transfer.training.distribute import Session
 from tf_transfer.training.trainer import Inputs
@@ -94,14 +94,15 @@ class Images:
                                   shard=session.shard)
         return Splits(train, plain("val"), plain("test"))
 
-    def heads(self, data: ImageData) -> list[HeadSpec]:
-        """One head over the data's classes."""
-        return [HeadSpec(tuple(data.class_names))]
+    def heads(self, data: ImageData) -> list[Task]:
+        """One head over the data's classes, or one per named task."""
+        return data.tasks
 
     def class_weight(self, data: ImageData) -> dict | None:
-        return data.class_weights() if self.config.data.class_weights else None
+        """Keras' class_weight for one task (named tasks fold theirs into the pipeline's loss weights)."""
+        return data.class_weights() if self.config.data.class_weights and not data.named_tasks else None
 
-    def build_model(self, heads: list[HeadSpec], session: Session):
+    def build_model(self, heads: list[Task], session: Session):
         """The classifier, built in the strategy's scope: pixels -> preprocess -> backbone -> pooler -> heads."""
         m = self.config.model
         with session.scope():
@@ -113,7 +114,7 @@ class Images:
                 classifier.set_batchnorm_momentum(model, phases.SCRATCH_BN_MOMENTUM)
         return model
 
-    def rebuild(self, heads: list[HeadSpec], weights_file: Path):
+    def rebuild(self, heads: list[Task], weights_file: Path):
         """A plain copy of the trained model outside any strategy (multi-worker evaluation, re-export)."""
         return classifier.rebuild(self.config.model, heads, self.image_size, str(weights_file),
                                   self.config.phase2.train_bn)
@@ -135,18 +136,22 @@ class Images:
         log.info("Phase 1 trains the head on cached features (%d train vectors x %d view(s))", train.count,
                  train.views)
         n = data.num_classes
-        return Inputs(head, features.dataset(train, n, c.seed, c.data.shuffle_buffer, batch),
-                      features.dataset(val, n, c.seed, batch_size=batch) if val else None)
+
+        def targets(split: str):
+            return datasets.targets(data, data.splits[split], c.data) if data.named_tasks else None
+
+        return Inputs(head, features.dataset(train, n, c.seed, c.data.shuffle_buffer, batch, targets("train")),
+                      features.dataset(val, n, c.seed, batch_size=batch, targets=targets("val")) if val else None)
 
     def export_spec(self, model, data: ImageData, metrics: dict) -> ExportSpec:
         """What the export holds besides the model: labels, config (with resolved values), metrics, samples."""
         c = self.config
         variants = [v for v in c.export.tflite.split(",") if v]
         representative = []
-        if "int8" in variants:  # calibration images for full-integer quantization, from the training split
+        if "int8" in variants and not data.named_tasks:  # calibration images for int8, from the training split
             plain = dataclasses.replace(c.data, augment=False, cache="none")
             ds = datasets.pipeline(data, "train", plain, self.image_size, c.seed, batch_size=1)
-            representative = [x.numpy() for x, _ in ds.take(100)]
+            representative = [batch[0].numpy() for batch in ds.take(100)]
         resolved = {"image_size": self.image_size, "preprocess": model.get_layer("preprocess").mode}
         samples = sample_bytes(data, "test" if data.splits["test"] else "train") if c.export.warmup_from_data \
             else savedmodel.synthetic_images(self.image_size, seed=c.seed)
@@ -155,7 +160,8 @@ class Images:
             config={**savedmodel.redact_paths(c.to_dict()), "resolved": resolved}, metrics=metrics,
             samples=samples,
             top_k=c.export.top_k, max_image_pixels=c.export.max_image_pixels, tflite=variants,
-            representative=representative, verify=c.export.verify, tta=c.export.tta)
+            representative=representative, verify=c.export.verify, tta=c.export.tta,
+            tasks=data.named_tasks, thresholds=metrics.get("thresholds", {}))
 
 
 def sample_bytes(data: ImageData, split: str, count: int = 8) -> list[bytes]:

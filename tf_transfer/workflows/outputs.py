@@ -14,6 +14,7 @@ from tf_transfer.evaluation import metrics as metrics_lib
 from tf_transfer.evaluation import report
 from tf_transfer.folders import ModelDir, RunDir
 from tf_transfer.serving import savedmodel
+from tf_transfer.tasks import Task
 from tf_transfer.training.phases import Stage
 from tf_transfer.training.trainer import Trainer
 
@@ -35,23 +36,41 @@ class RunResult:
         return RunDir(self.run_dir)
 
 
-def evaluate_splits(model, splits: dict, class_names: list[str], config: Config,
+def evaluate_splits(model, splits: dict, tasks: list[Task], config: Config,
                     predictions: dict | None = None, tta: bool = False) -> dict:
-    """Metrics per split from one prediction pass each; keeps (labels, probs) in `predictions`."""
-    out = {}
-    for split, ds in splits.items():
-        if ds is not None:
-            labels, probs = metrics_lib.predict(model, ds, tta)
-            out[split] = metrics_lib.metrics(labels, probs, class_names, config.evaluation.top_k)
-            if predictions is not None:
-                predictions[split] = (labels, probs)
+    """Metrics per split from one prediction pass each; keeps (labels, probs) in `predictions` (with
+    named tasks: predict_heads' arrays). Multi-label tasks get per-label thresholds chosen on the
+    validation split (0.5 without one), applied to every split and recorded as metrics["thresholds"]."""
+    out: dict = {}
+    if not tasks[0].name:
+        for split, ds in splits.items():
+            if ds is not None:
+                labels, probs = metrics_lib.predict(model, ds, tta)
+                out[split] = metrics_lib.metrics(labels, probs, list(tasks[0].class_names), config.evaluation.top_k)
+                if predictions is not None:
+                    predictions[split] = (labels, probs)
+        return out
+    found = {split: metrics_lib.predict_heads(model, ds, tta) for split, ds in splits.items() if ds is not None}
+    thresholds = {t.name: metrics_lib.choose_thresholds(*_labelled(found["val"][t.head]))
+                  if "val" in found else [0.5] * t.num_classes for t in tasks if t.multi_label}
+    for split, heads in found.items():
+        out[split] = metrics_lib.task_metrics(heads, tasks, config.evaluation.top_k, thresholds)
+    if predictions is not None:
+        predictions.update(found)
+    if thresholds:
+        out["thresholds"] = thresholds
     return out
+
+
+def _labelled(prediction: tuple) -> tuple:
+    y, mask, probs = prediction
+    return y[mask], probs[mask]
 
 
 def log_metrics(metrics: dict) -> None:
     for split in ("val", "test"):
         if split in metrics:
-            log.info("%s", metrics_lib.format_table(metrics[split], f"{split} split (final model):"))
+            log.info("%s", metrics_lib.format_any(metrics[split], f"{split} split (final model):"))
     rows = [(label, metrics.get(key, {}).get("test") if key else metrics.get("test"))
             for label, key in (("phase 1 (frozen backbone)", "phase1"), ("final (fine-tuned)", None),
                                ("from scratch, same budget", "baseline_scratch"))]
@@ -76,7 +95,7 @@ class Outputs:
         """After phase 1 (when fine-tuning follows): its metrics alone, to show what fine-tuning adds."""
         if stage.phase == 1 and stage.epochs and self.config.phase2.epochs:
             self.run.write_json(RunDir.PHASE1_METRICS, evaluate_splits(model, self.splits.evaluation(),
-                                                                self.data.class_names, self.config))
+                                                                self.data.tasks, self.config))
 
     def finish(self, trainer: Trainer, session) -> RunResult:
         """Metrics, baseline, export and report; a non-chief worker's job ends with training."""
@@ -98,12 +117,12 @@ class Outputs:
         return result
 
     def _metrics(self, model, predictions: dict) -> dict:
-        metrics = evaluate_splits(model, self.splits.evaluation(), self.data.class_names, self.config, predictions)
+        metrics = evaluate_splits(model, self.splits.evaluation(), self.data.tasks, self.config, predictions)
         phase1 = self.run.read_json(RunDir.PHASE1_METRICS)
         if phase1:
             metrics["phase1"] = phase1
         if self.config.evaluation.tta:  # what averaging with the flipped image buys
-            metrics["tta"] = evaluate_splits(model, self.splits.evaluation(), self.data.class_names, self.config,
+            metrics["tta"] = evaluate_splits(model, self.splits.evaluation(), self.data.tasks, self.config,
                                              tta=True)
         if self.baseline:
             metrics["baseline_scratch"] = self.run.done("baseline") or self.baseline(self.data)
@@ -137,17 +156,22 @@ class Outputs:
         split = "test" if "test" in predictions else "val"
         if split not in predictions:
             return
-        labels, probs = predictions[split]
         self.run.write_text(RunDir.METRICS_TEXT, "\n\n".join(
-            metrics_lib.format_table(metrics[s], f"{s}:") for s in ("val", "test") if s in metrics) + "\n")
+            metrics_lib.format_any(metrics[s], f"{s}:") for s in ("val", "test") if s in metrics) + "\n")
         stages = self.run.history().get("stages", [])
         dataset = self.splits.test if split == "test" else self.splits.val
-        plot_paths = report.write_plots(self.run, self.data.class_names, metrics[split], dataset, labels, probs,
-                                        history=history, stages=stages, counts=self.data.counts())
+        tasks = self.data.named_tasks
+        task_counts = {t.name: self.data.counts(i) for i, t in enumerate(tasks)}
+        if tasks:
+            plot_paths = report.write_task_plots(self.run, tasks, metrics[split], history, stages, task_counts)
+        else:
+            plot_paths = report.write_plots(self.run, self.data.class_names, metrics[split], dataset,
+                                            *predictions[split], history=history, stages=stages,
+                                            counts=self.data.counts())
         path = report.write_report(
             self.run, f"tf_transfer run {self.config.name}: {self.run.path.name}", split, metrics[split],
             plot_paths, config=self.config.to_dict(),
-            data_summary={"source": self.data.source, "counts": self.data.counts()},
+            data_summary={"source": self.data.source, "counts": self.data.counts(), "task_counts": task_counts},
             skipped=self.data.skipped, all_metrics=metrics, export_path=str(export_path) if export_path else None,
             stages=stages)
         log.info("Report: %s", path)
