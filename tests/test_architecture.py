@@ -15,7 +15,7 @@ from .conftest import ROOT
 
 PACKAGE = ROOT / "tf_transfer"
 BASE = {"tf_transfer", "tf_transfer.errors", "tf_transfer.logs", "tf_transfer.folders", "tf_transfer.fs",
-        "tf_transfer.config", "tf_transfer.cli"}
+        "tf_transfer.config", "tf_transfer.cli", "tf_transfer.tasks"}
 COMMANDS = {f"tf_transfer.{c}" for c in ("train", "tune", "evaluate", "export", "predict", "serve", "launch",
                                          "publish", "pretrain", "__main__")}
 # Which groups a group may import from (besides itself). Building blocks import the base and only the

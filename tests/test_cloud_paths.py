@@ -200,7 +200,8 @@ def test_a_csv_manifest_at_a_url_with_relative_paths(shapes_dir):
     catalog = sources.resolve(f"csv:{root}/manifest.csv")
     files = [e.key for e in catalog.partitions["all"]]
     assert len(files) == len(rows) and all(f.startswith(f"{root}/shapes/") for f in files)
-    assert catalog.skipped == {f"{root}/shapes/missing.png": "file not found"} and not catalog.outside
+    assert catalog.skipped == {f"{root}/shapes/missing.png": f"file not found (line {len(rows) + 2})"}
+    assert not catalog.outside
     (root / "escape.csv").write_text("path,label\n../elsewhere.png,x\n")
     assert sources.resolve(f"csv:{root}/escape.csv").skipped, "a missing file outside the root is skipped"
 

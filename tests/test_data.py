@@ -154,7 +154,7 @@ def test_csv_manifest_with_split_column_and_relative_paths(tmp_path):
     d = data.prepare(_cfg(f"csv:{tmp_path}/m.csv", val_fraction=0.2), seed=0)
     assert d.class_names == ["circle", "square"]
     assert sorted(e.key.rsplit("/", 1)[1] for e in d.splits["test"]) == ["circle_0000.jpg", "square_0000.jpg"]
-    assert len(d.splits["val"]) == 2 and list(d.skipped.values()) == ["file not found"]
+    assert len(d.splits["val"]) == 2 and list(d.skipped.values()) == ["file not found (line 14)"]
     assert root.exists()
 
 

@@ -174,7 +174,8 @@ def read_csv(path: str | Path, wanted_tasks: str = "") -> Catalog:
         if not all(_utf8(cell) for cell in row):
             skipped[f"{printable(path)}, line {line}"] = "the line is not valid UTF-8"
             continue
-        cells = [tasks_lib.parse_cell(row[c] if len(row) > c else "", m, where) for c, m in zip(label_cols, multi, strict=False)]
+        cells = [tasks_lib.parse_cell(row[c] if len(row) > c else "", m, where)
+                 for c, m in zip(label_cols, multi, strict=True)]
         if not row[0].strip() or all(cell is None for cell in cells):
             raise DataError(f"{where}: expected a path and at least one label ({','.join(['path', *names])}), "
                             f"got {','.join(row)!r}")
@@ -187,7 +188,7 @@ def read_csv(path: str | Path, wanted_tasks: str = "") -> Catalog:
     named = header is not None and (len(names) > 1 or any(multi) or names[0].lower() != "label")
     tasks = [Task(tasks_lib.check_name(n, str(path)) if named else "", tuple(sorted({x for *_, cells in entries
                                                                                  for x in (cells[i] or ())})), m)
-             for i, (n, m) in enumerate(zip(names, multi, strict=False))]
+             for i, (n, m) in enumerate(zip(names, multi, strict=True))]
     return _catalog(path, tasks, entries, skipped, named)
 
 
@@ -208,13 +209,14 @@ def _catalog(path, tasks: list[Task], entries: list, skipped: dict, named: bool)
     indices = [{name: i for i, name in enumerate(t.class_names)} for t in tasks]
     partitions: dict[str, list[Example]] = {}
     for split, file, cells in entries:
-        targets = tuple(None if c is None else tuple(index[x] for x in c) for c, index in zip(cells, indices, strict=False))
+        targets = tuple(None if c is None else tuple(index[x] for x in c)
+                        for c, index in zip(cells, indices, strict=True))
         first = targets[0][0] if targets[0] else -1
         partitions.setdefault(split, []).append(Example(file, first, targets=targets if tasks[0].name else ()))
     if "all" in partitions and len(partitions) > 1:
         partitions.setdefault("train", []).extend(partitions.pop("all"))
     return Catalog("csv", str(path), list(tasks[0].class_names), partitions, skipped=skipped,
-                   outside=_outside([f for _, f, _ in entries], path.parent), tasks=tasks)
+                   outside=_outside([f for _, f, _ in entries], path.parent), tasks=tasks if tasks[0].name else [])
 
 
 def _tfds_split_name(split: str) -> str | None:
