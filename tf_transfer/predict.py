@@ -4,7 +4,8 @@
     python -m tf_transfer.predict --server http://localhost:8501 --model NAME images_or_folders...
     python -m tf_transfer.predict --server grpc://localhost:8500 --model NAME images_or_folders...
 
-Prints the top classes and scores per image; --output writes them as CSV. Unreadable images are
+Prints the top classes and scores per image (per task for a model with several heads: a multi-label
+task's classes over their thresholds); --output writes them as CSV (path,[task,]rank,class,score). Unreadable images are
 reported and skipped; folders are processed in batches with a progress bar.
 """
 
@@ -61,14 +62,15 @@ def _predict(args) -> int:
         if r.error:
             print(f"{r.path}: skipped ({r.error})", file=sys.stderr)
             continue
-        best = list(zip(r.prediction.top_classes, r.prediction.top_scores, strict=True))[:args.top_k]
-        print(f"{r.path}: " + ", ".join(f"{c} {s:.3f}" for c, s in best))
-        rows.extend([str(r.path), rank, c, f"{s:.6f}"] for rank, (c, s) in enumerate(best, start=1))
+        print(f"{r.path}: {r.prediction.describe(args.top_k)}")
+        rows.extend([str(r.path), *([task] if r.prediction.tasks else []), rank, c, f"{s:.6f}"]
+                    for task, rank, c, s in r.prediction.rows(args.top_k))
     skipped = sum(1 for r in results if r.error)
     if skipped:
         print(f"{skipped} of {len(results)} images could not be read and were skipped", file=sys.stderr)
     if args.output:
-        folders.write_csv(args.output, [["path", "rank", "class", "score"], *rows])
+        named = any(r.prediction.tasks for r in results if r.prediction)
+        folders.write_csv(args.output, [["path", *(["task"] if named else []), "rank", "class", "score"], *rows])
     return 0
 
 

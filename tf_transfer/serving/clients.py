@@ -45,14 +45,48 @@ class BadRequest(ServingError):
 
 @dataclass
 class Prediction:
+    """One image's answer: the top classes and every class's score; with several heads, one
+    Prediction per task in `tasks` (a multi-label task's top classes are the labels over their
+    thresholds)."""
+
     top_classes: list[str]
     top_scores: list[float]
     scores: dict[str, float] = field(default_factory=dict)  # every class name -> probability
+    tasks: dict[str, Prediction] = field(default_factory=dict)
 
     @classmethod
     def from_outputs(cls, out: dict) -> Prediction:
-        return cls([_text(c) for c in out["top_k_classes"]], [float(s) for s in out["top_k_scores"]],
-                   {_text(c): float(s) for c, s in zip(out["classes"], out["scores"], strict=True)})
+        if "top_k_classes" in out:
+            return cls._single(out)
+        multi = [k.removesuffix("_all_scores") for k in out if k.endswith("_all_scores")]
+        single = [k.removesuffix("_top_k_classes") for k in out if k.endswith("_top_k_classes")]
+        if not multi and not single:
+            raise ServingError(f"unexpected model outputs {sorted(out)}; expected scores/classes/top_k_classes or "
+                               "<task>_... outputs of a tf_transfer export")
+        tasks = {t: cls._single(out, f"{t}_") for t in single}
+        for t in multi:
+            shown = [(_text(c), float(s)) for c, s in zip(out[f"{t}_classes"], out[f"{t}_scores"], strict=True) if c]
+            tasks[t] = cls([c for c, _ in shown], [s for _, s in shown],
+                           {str(i): float(s) for i, s in enumerate(out[f"{t}_all_scores"])})
+        return cls([], [], {}, dict(sorted(tasks.items())))  # servers return outputs by name: sort likewise
+
+    @classmethod
+    def _single(cls, out: dict, prefix: str = "") -> Prediction:
+        return cls([_text(c) for c in out[f"{prefix}top_k_classes"]], [float(s) for s in out[f"{prefix}top_k_scores"]],
+                   {_text(c): float(s) for c, s in zip(out[f"{prefix}classes"], out[f"{prefix}scores"], strict=True)})
+
+    def rows(self, top_k: int) -> list[tuple[str, int, str, float]]:
+        """(task, rank, class, score) of the best `top_k` classes (task '' for one-task models)."""
+        parts = self.tasks.items() if self.tasks else [("", self)]
+        return [(task, rank, c, s) for task, p in parts
+                for rank, (c, s) in enumerate(list(zip(p.top_classes, p.top_scores, strict=True))[:top_k], start=1)]
+
+    def describe(self, top_k: int) -> str:
+        """The answer on one line: 'cat 0.912, dog 0.051' or 'shape: circle 0.98; tags: dark 0.91, large 0.70'."""
+        if not self.tasks:
+            return ", ".join(f"{c} {s:.3f}" for _, _, c, s in self.rows(top_k))
+        return "; ".join(f"{t}: " + (", ".join(f"{c} {s:.3f}" for _, _, c, s in p.rows(top_k)) or "(none)")
+                         for t, p in self.tasks.items())
 
 
 def _text(value) -> str:

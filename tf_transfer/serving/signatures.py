@@ -50,9 +50,11 @@ def single_label(scores, class_names: list[str], top_k: int, prefix: str = "") -
 def multi_label(scores, class_names: list[str], thresholds: list[float], prefix: str) -> dict:
     """A sigmoid head's outputs: the labels over their thresholds (best first, padded with '') and
     their scores (padded with 0), and every label's score in the order of the task's labels file."""
-    order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
+    above = scores >= tf.constant(thresholds, tf.float32)
+    # Labels over their thresholds first (best first), then the rest: probabilities lie in [0, 1].
+    order = tf.argsort(scores + 2.0 * tf.cast(above, scores.dtype), axis=-1, direction="DESCENDING", stable=True)
     ranked = tf.gather(scores, order, batch_dims=1)
-    over = ranked >= tf.gather(tf.constant(thresholds, tf.float32), order)
+    over = tf.gather(above, order, batch_dims=1)
     return {f"{prefix}classes": tf.where(over, tf.gather(tf.constant(class_names), order), ""),
             f"{prefix}scores": tf.where(over, ranked, 0.0), f"{prefix}all_scores": scores}
 
