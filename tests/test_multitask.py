@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tf_transfer import config as config_lib
 from tf_transfer import tasks as tasks_lib
 from tf_transfer.config import DataConfig
 from tf_transfer.data import datasets, demo, sources
@@ -280,3 +281,52 @@ def test_resuming_a_finished_multitask_run_trains_nothing_and_reexports_nothing(
     assert again.metrics["test"]["tasks"]["shape"]["accuracy"] == \
         multitask_run.metrics["test"]["tasks"]["shape"]["accuracy"]
     assert len(again.history) == len(multitask_run.history)
+
+
+MIRRORED_TASKS = """
+import json, sys
+from tf_transfer import config as config_lib
+from tf_transfer.workflows import recipe
+base = config_lib.Config().replace(**{
+    "runs_dir": sys.argv[2], "data.source": "csv:" + sys.argv[1], "data.image_size": 48, "data.augment": False,
+    "model.dropout": 0.0, "phase1.epochs": 2, "phase2.epochs": 1, "phase1.patience": 0, "phase2.patience": 0,
+    "export.enabled": False, "evaluation.report": False, "phase2.unfreeze": "10", "model.task_weights": "tags=2"})
+out = {}
+for name, strategy, batch in (("default", "default", 16), ("mirrored", "mirrored", 8)):
+    r = recipe.run(base.replace(**{"name": name, "runtime.strategy": strategy, "data.batch_size": batch}))
+    out[name] = {"val": {t: m["accuracy"] for t, m in r.metrics["val"]["tasks"].items()},
+                 "heads": {h: r.model.get_layer(h).get_layer("probabilities").kernel.numpy().tolist()
+                           for h in ("head_shape", "head_colour", "head_tags")},
+                 "replicas": r.model.distribute_strategy.num_replicas_in_sync}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_trains_several_heads_like_the_default_one(manifest, tmp_path):
+    from .conftest import run_on_two_cpus
+
+    out = run_on_two_cpus(MIRRORED_TASKS, manifest, tmp_path / "runs", timeout=600)
+    assert out["mirrored"]["replicas"] == 2 and out["default"]["replicas"] == 1
+    assert out["mirrored"]["val"] == pytest.approx(out["default"]["val"], abs=0.05)
+    for head in ("head_shape", "head_colour", "head_tags"):  # masked colour rows and weighted tags alike
+        np.testing.assert_allclose(out["mirrored"]["heads"][head], out["default"]["heads"][head], atol=2e-3)
+
+
+@pytest.mark.slow
+def test_tuning_searches_a_multitask_recipe_on_the_mean_task_accuracy(manifest, tmp_path):
+    from tf_transfer.workflows import tuning
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"model.dropout": {"type": "choice", "values": [0.0, 0.3]}}))
+    proc = subprocess.run([sys.executable, "-m", "tf_transfer.tune", "--data", f"csv:{manifest}", "--tasks",
+                           "shape,tags", "--task-weights", "tags=0.5", "--image-size", str(SIZE), "--batch-size",
+                           "16", "--max-trials", "2", "--algorithm", "random", "--tuning-dir", str(tmp_path / "t"),
+                           "--search-space", str(space), "--runs-dir", str(tmp_path / "runs"),
+                           "--fix", "phase1.epochs=2", "--fix", "phase2.epochs=1"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = tuning.summaries(tmp_path / "t")
+    assert len(rows) == 2 and all(0.3 < r["val_accuracy"] <= 1.0 for r in rows)
+    best = config_lib.load(tmp_path / "t" / "best_config.json")
+    assert best.data.tasks == "shape,tags" and best.model.task_weights == "tags=0.5"

@@ -19,9 +19,6 @@ from tf_transfer.tasks import Task
 log = logging.getLogger(__name__)
 
 
-HeadSpec = Task  # one head per task (kept under its earlier name)
-
-
 def build_head(spec: Task, features: int, cfg: ModelConfig) -> keras.Sequential:
     """Dropout (+ optional hidden layer) + Dense softmax over the classes (sigmoid per label for a
     multi-label task); float32 output."""

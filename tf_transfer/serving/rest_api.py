@@ -221,11 +221,18 @@ def model_card(model: ServedVersion) -> str:
         path = model.path / name
         return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
 
-    labels = [line for line in read(ModelDir.LABELS).splitlines() if line]
+    labels = {"": [line for line in read(ModelDir.LABELS).splitlines() if line]}
+    if read(ModelDir.TASKS):  # several heads: a list of labels per task
+        try:
+            labels = {t["name"]: t["class_names"] for t in json.loads(read(ModelDir.TASKS))["tasks"]}
+        except (json.JSONDecodeError, KeyError, TypeError):
+            labels = {}
     metrics, config = read(ModelDir.METRICS), read(ModelDir.CONFIG)
-    items = "".join(f"<li>{html.escape(label)}</li>" for label in labels)
+    items = "".join((f"<h3>{html.escape(task)}</h3>" if task else "") +
+                    "<ol>" + "".join(f"<li>{html.escape(str(label))}</li>" for label in names) + "</ol>"
+                    for task, names in labels.items())
     title = html.escape(f"{model.path.parent.name}, version {model.version}")
-    sections = [("Labels", f"<ol>{items}</ol>"), ("Metrics", f"<pre>{html.escape(metrics)}</pre>"),
+    sections = [("Labels", items), ("Metrics", f"<pre>{html.escape(metrics)}</pre>"),
                 ("Config", f"<pre>{html.escape(config)}</pre>")]
     body = "".join(f"<h2>{name}</h2>{content}" for name, content in sections)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>body{{font-family:"
