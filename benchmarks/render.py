@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import statistics
 
+from benchmarks.common import spread
+
 
 def _r(s: dict, digits: int = 2, unit: str = "x") -> str:
     """A min/median/max spread as 'median (min-max over n)'."""
@@ -151,6 +153,56 @@ trains every layer for all {sum(r['target_epochs'])}). Means over {len(seeds)} s
 - Chance is {1 / len(r['classes']):.3f}; a start at or near it predicts mostly one class. With {r['per_class']} labels
   per class, a backbone pre-trained from scratch on a few thousand 32x32 images learns little that
   transfers; read the gains against random initialisation as small, not as a substitute for ImageNet.
+"""
+
+
+def multitask(r: dict) -> str:
+    if not r:
+        return "## Several heads on one backbone\n\nSkipped: ../shared/datasets/cifar10_small is not present.\n"
+    seeds = sorted(r["by_seed"])
+
+    def values(model: str, task: str, key: str) -> list[float]:
+        return [r["by_seed"][s][model]["tasks"][task][key] for s in seeds]
+
+    def cell(model: str, task: str, key: str) -> str:
+        v = values(model, task, key)
+        return f"{sum(v) / len(v):.3f}" + (f" ({min(v):.3f}-{max(v):.3f})" if len(v) > 1 else "")
+
+    rows = []
+    for task, keys in (("cls", ("accuracy", "macro_f1")), ("group", ("accuracy", "macro_f1")),
+                       ("attributes", ("micro_f1", "mean_average_precision"))):
+        for key in keys:
+            rows.append(f"| {task} | {key.replace('_', ' ')} | {cell('joint', task, key)} | "
+                        f"{cell('separate', task, key)} |")
+    seconds = {m: [r["by_seed"][s][m]["seconds"] for s in seeds] for m in ("joint", "separate")}
+    train_ratio = _r(spread([a / b for a, b in zip(seconds["separate"], seconds["joint"], strict=True)]), 2, "x")
+    mean_seconds = {m: sum(v) / len(v) for m, v in seconds.items()}
+    serving = r["serving"]
+    serve = {k: _r(v, 3, " s") for k, v in serving["seconds"].items()}
+    deltas = {task: sum(values("joint", task, k)) / len(seeds) - sum(values("separate", task, k)) / len(seeds)
+              for task, k in (("cls", "accuracy"), ("group", "accuracy"), ("attributes", "micro_f1"))}
+    attrs = ", ".join(f"{c}: {a.replace('|', ' + ')}" for c, a in r["attributes"].items())
+    return f"""## Several heads on one backbone: one joint model against one model per task
+
+`benchmarks/bench_multitask.py`: CIFAR-10 photos from `../shared/datasets/cifar10_small`
+({r['train_images']} training images, 10% held out for validation, {r['test_images']} test images; 32x32 upscaled
+to {r['size']}x{r['size']}), MobileNetV2-0.35 with the bundled ImageNet weights, phase 1 {r['epochs'][0]} + phase 2
+{r['epochs'][1]} epochs. Three tasks from one manifest: `cls` (the ten classes), `group` (animal or vehicle) and
+`attributes` (multi-label: {attrs}).
+**Joint**: one backbone with three heads; **separate**: one model per task, same recipe, split and epochs. Means over
+{len(seeds)} seeds (min-max); multi-label metrics at the per-label thresholds chosen on the validation split.
+
+| task | metric | joint (one model) | separate (three models) |
+| --- | --- | ---: | ---: |
+{chr(10).join(rows)}
+
+- Training time (whole runs, with export): joint {mean_seconds['joint']:.0f} s against
+  {mean_seconds['separate']:.0f} s for the three models (separate / joint: {train_ratio}).
+- Serving a batch of {serving['batch']} JPEGs through `serving_default`: joint {serve['joint']}, the three exports
+  in turn {serve['separate']} (separate / joint: {_r(serving['separate_over_joint'], 2, 'x')}).
+- Joint minus separate (means over the seeds): cls {deltas['cls']:+.3f} accuracy, group {deltas['group']:+.3f}
+  accuracy, attributes {deltas['attributes']:+.3f} micro F1. Differences of about a point are within the spread
+  between seeds here; the joint model costs one backbone's training and one backbone pass per request.
 """
 
 
@@ -377,7 +429,8 @@ The main job (`python -m tf_transfer.train`, each time with an empty cache, as o
 
 
 RENDERERS = [("input_pipeline", input_pipeline), ("frozen_phase", frozen_phase), ("serving", serving),
-             ("transfer", transfer), ("pretrain", pretrain), ("finetune_explore", finetune_explore),
+             ("transfer", transfer), ("pretrain", pretrain), ("multitask", multitask),
+             ("finetune_explore", finetune_explore),
              ("finetune", finetune), ("distribute", distribute), ("speed", speed),
              ("reliability", reliability), ("keras3", keras3), ("ci", ci)]
 

@@ -37,6 +37,7 @@ def _measure(name: str, workdir: Path):
         bench_finetune,
         bench_frozen_phase,
         bench_input_pipeline,
+        bench_multitask,
         bench_pretrain,
         bench_reliability,
         bench_serving,
@@ -51,6 +52,7 @@ def _measure(name: str, workdir: Path):
         "serving": lambda: bench_serving.run(workdir),
         "transfer": lambda: bench_transfer.run(workdir),
         "pretrain": lambda: bench_pretrain.run(workdir),
+        "multitask": lambda: bench_multitask.run(workdir),
         "distribute": lambda: bench_distribute.run(workdir),
         "speed": lambda: bench_speed.run(workdir),
         "finetune": lambda: bench_finetune.run(workdir),
@@ -107,7 +109,8 @@ def write_files(results: dict[str, dict]) -> None:
     readme.write_text(text)
 
 
-SECTIONS = ["input_pipeline", "frozen_phase", "serving", "transfer", "pretrain", "distribute", "speed", "finetune",
+SECTIONS = ["input_pipeline", "frozen_phase", "serving", "transfer", "pretrain", "multitask", "distribute", "speed",
+            "finetune",
             "reliability", "keras3", "ci"]
 
 
