@@ -71,6 +71,26 @@ def trained_run(tmp_path_factory, shapes_dir):
     return recipe.run(config)
 
 
+@pytest.fixture(scope="session")
+def manifest(tmp_path_factory) -> Path:
+    """A CSV manifest of generated images with three tasks (shape, colour with empty cells, multi-label tags)."""
+    from tf_transfer.data import demo
+
+    return demo.write_multitask(tmp_path_factory.mktemp("multitask"), count=150, size=SIZE, seed=3)
+
+
+@pytest.fixture(scope="session")
+def multitask_run(manifest, tmp_path_factory):
+    """One run with three heads (feature cache on, a task weight, TFLite asked for), shared by several tests."""
+    from tf_transfer.workflows import recipe
+
+    tmp = tmp_path_factory.mktemp("mt_run")
+    config = make_config(tmp, f"csv:{manifest}", name="multi", **{
+        "phase1.epochs": 5, "phase2.epochs": 1, "export.verify": True, "phase1.feature_cache": "on",
+        "model.task_weights": "colour=0.5", "export.tflite": "float"})
+    return recipe.run(config)
+
+
 def save_tiny_backbone(path: Path, seed: int = 0) -> Path:
     """A tiny conv feature extractor ([0, 1] pixels in, pooled features out) saved as a SavedModel:
     a real local TF-Hub handle."""

@@ -109,6 +109,27 @@ def test_label_names_are_shown_as_text(browser, served, trained_run):
     assert "<b>x</b>" in browser.find_element(By.TAG_NAME, "ol").text
 
 
+@pytest.mark.slow
+def test_the_page_shows_every_task_of_a_model_with_several_heads(browser, multitask_run, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    server = LocalServer([multitask_run.export_path.parent], port=0, grpc_port=None, poll_seconds=0).start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        image = Path(datasets.load_split(multitask_run.run).splits["test"][0].key)
+        card = _upload(browser, "multi", image)
+        shown = {box.find_element(By.CLASS_NAME, "task-title").text:
+                 [row.find_element(By.CLASS_NAME, "label").text for row in box.find_elements(By.CLASS_NAME, "bar")]
+                 for box in card.find_elements(By.CLASS_NAME, "task")}
+        rest = serving.RestClient(f"http://127.0.0.1:{server.port}", "multi").predict([image.read_bytes()])[0]
+        assert shown == {task: p.top_classes for task, p in rest.tasks.items()}
+        assert shown["tags"] and set(shown["tags"]) <= set(multitask_run.run.read_json(RunDir.DATA_SUMMARY)[
+            "tasks"][2]["class_names"])
+        browser.save_screenshot(str(_shots(tmp_path) / "page_multitask.png"))
+    finally:
+        server.stop()
+
+
 def test_the_report_renders_in_a_browser(browser, trained_run, tmp_path):
     from selenium.webdriver.common.by import By
 

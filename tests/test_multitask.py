@@ -13,18 +13,13 @@ import pytest
 from tf_transfer import config as config_lib
 from tf_transfer import tasks as tasks_lib
 from tf_transfer.config import DataConfig
-from tf_transfer.data import datasets, demo, sources
+from tf_transfer.data import datasets, sources
 from tf_transfer.errors import ConfigError, DataError
 from tf_transfer.evaluation import metrics as metrics_lib
 from tf_transfer.folders import ModelDir, RunDir
 from tf_transfer.tasks import Task
 
-from .conftest import SIZE, make_config
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    return demo.write_multitask(tmp_path_factory.mktemp("multitask"), count=150, size=SIZE, seed=3)
+from .conftest import SIZE
 
 
 def _write(path: Path, rows: list[list[str]]) -> Path:
@@ -177,18 +172,7 @@ def test_multi_label_outputs_keep_the_labels_over_their_thresholds():
     np.testing.assert_allclose(out["tags_all_scores"].numpy(), scores.numpy())
 
 
-# --- one trained run with three tasks, shared by the tests below
-
-
-@pytest.fixture(scope="module")
-def multitask_run(manifest, tmp_path_factory):
-    from tf_transfer.workflows import recipe
-
-    tmp = tmp_path_factory.mktemp("mt_run")
-    config = make_config(tmp, f"csv:{manifest}", name="multi", **{
-        "phase1.epochs": 5, "phase2.epochs": 1, "export.verify": True, "phase1.feature_cache": "on",
-        "model.task_weights": "colour=0.5", "export.tflite": "float"})
-    return recipe.run(config)
+# --- one trained run with three tasks (conftest's multitask_run), shared by the tests below
 
 
 @pytest.mark.slow
@@ -203,6 +187,8 @@ def test_every_task_learns_and_the_report_has_a_section_per_task(multitask_run):
     for name in ("shape", "colour", "tags"):
         assert f"Metrics (test): task {name}" in report
     assert (multitask_run.run.plots_dir / "tags_per_class_f1.png").is_file()
+    log = multitask_run.run.log_file.read_text()
+    assert "Phase 1 trains the head on cached features" in log  # the feature cache serves several heads
     history = multitask_run.run.epochs()
     assert {"val_head_shape_accuracy", "val_head_tags_accuracy", "val_accuracy"} <= set(history[0])
     assert history[0]["val_accuracy"] == pytest.approx(np.mean([history[0][f"val_head_{t}_accuracy"]
