@@ -161,7 +161,7 @@ def build_application(spec: BackboneSpec, weights: str, image_size: int) -> kera
     return keras.Model(base.inputs, base.outputs, name="backbone")
 
 
-def build_hub(handle: str, image_size: int) -> keras.layers.Layer:
+def build_hub(handle: str, image_size: int, name: str = "backbone") -> keras.layers.Layer:
     """A TF-Hub / Kaggle feature-vector handle (URL or local SavedModel folder) as a Keras layer."""
     import tensorflow as tf
     import tensorflow_hub as hub
@@ -174,7 +174,7 @@ def build_hub(handle: str, image_size: int) -> keras.layers.Layer:
     try:
         # The I/O device option lets TPU workers read the SavedModel from the host (no-op elsewhere).
         options = tf.saved_model.LoadOptions(experimental_io_device="/job:localhost")
-        return hub.KerasLayer(handle, trainable=False, name="backbone", load_options=options)
+        return hub.KerasLayer(handle, trainable=False, name=name, load_options=options)
     except Exception as e:
         if not handle.startswith(("http://", "https://")) and fs.path(handle).exists():
             raise BackboneError(f"could not load SavedModel folder {handle} as a hub handle: {e}") from e
