@@ -110,7 +110,7 @@ def test_strict_fails_listing_the_bad_files(tmp_path):
     ("missing", "does not exist"),
     ("empty", "has no class subfolders"),
     ("one_class", "need at least 2 classes.*found only 'circle'"),
-    ("tiny_class", r"at least 2 readable images; too few in: square \(1\)"),
+    ("tiny_class", r"at least 2 readable examples; too few in: square \(1\)"),
     ("unknown_tfds", "unknown TFDS dataset 'mnistt'. Did you mean mnist"),
     ("missing_csv", "CSV manifest .* does not exist"),
 ])

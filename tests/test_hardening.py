@@ -332,5 +332,5 @@ def test_a_class_without_training_images_is_an_error(tmp_path):
     manifest = tmp_path / "m.csv"
     lines = [f"{p},{p.parent.name},{p.parent.parent.name}" for p in sorted(root.rglob("*.jpg"))]
     manifest.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match="classes triangle have no training images"):
+    with pytest.raises(DataError, match="classes triangle have no training examples"):
         datasets.prepare(DataConfig(source=f"csv:{manifest}"), seed=0)

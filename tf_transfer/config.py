@@ -33,7 +33,8 @@ class DataConfig:
         "demo",
         "Images to learn from: a folder with one subfolder per class (or train/val/test subfolders "
         "holding class subfolders), 'tfds:NAME' for a TensorFlow Datasets name, 'csv:PATH' for a "
-        "path,label manifest, or 'demo' for a small generated dataset.",
+        "path,label manifest, or 'demo' for a small generated dataset. With a text backbone: 'csv:PATH' with "
+        "a text and a label column, a folder of .txt files per class, or 'tfds:NAME' of a text dataset.",
         flag="data",
     )
     image_size: int = _opt(0, "Square input size in pixels; 0 uses the backbone's default size.")
@@ -51,6 +52,8 @@ class DataConfig:
     translation: float = _opt(0.1, "Random translation, as a fraction of the image size.")
     contrast: float = _opt(0.1, "Random contrast factor.")
     class_weights: bool = _opt(False, "Weight the loss by balanced class weights (for imbalanced data).")
+    text_column: str = _opt("text", "Text data: the CSV column holding the text.")
+    label_column: str = _opt("label", "Text data: the CSV column holding the label.")
     tasks: str = _opt("", "Label columns of a CSV manifest to learn, comma-separated, one head each (default: every "
                       "column but path and split); cells with labels separated by '|' make a multi-label task.")
     task_class_weights: str = _opt("", "Per-task class weights, overriding --class-weights: task=on|off,... "
@@ -69,9 +72,17 @@ class ModelConfig:
     backbone: str = _opt(
         "mobilenet_v2_0.35",
         "Backbone: a Keras Applications name (see --list-backbones), 'hub:HANDLE' for a TF-Hub/Kaggle "
-        "feature vector (URL or local SavedModel folder), or 'model:PATH' for a saved Keras model.",
+        "feature vector (URL or local SavedModel folder), or 'model:PATH' for a saved Keras model. Text: "
+        "'hf:DIR_OR_REPO' for a BERT-family checkpoint, or 'hub:ENCODER' with --preprocessor.",
     )
-    weights: str = _opt("imagenet", "Backbone weights: 'imagenet', 'none' (random init) or a path to a weights file.")
+    weights: str = _opt("imagenet", "Backbone weights: 'imagenet', 'none' (random init) or a path to a weights file "
+                        "(text encoders: their checkpoint's weights unless 'none').")
+    preprocessor: str = _opt("", "Text: 'hub:PREPROCESS', the TF-Hub preprocessing model of a 'hub:' BERT encoder "
+                             "(hf: checkpoints tokenise with their own vocab.txt).")
+    max_seq_length: int = _opt(128, "Text: tokens per example, [CLS] and [SEP] included (longer texts are cut).")
+    pooling: str = _opt("auto", "Text: the encoder's 'pooled' output or the 'mean' of its token outputs; 'auto' "
+                        "takes mean for sentence-transformers checkpoints, else pooled.",
+                        choices=("auto", "pooled", "mean"))
     cut_layer: str = _opt(
         "", "For 'model:PATH' backbones: the layer whose output feeds the head (default: the last feature map).")
     preprocess: str = _opt(
@@ -313,6 +324,9 @@ def validate(config: Config) -> Config:
     check(m.hidden_units >= 0, "model.hidden_units", "0 or a positive integer", m.hidden_units)
     check(m.l2 >= 0.0, "model.l2", "a non-negative number", m.l2)
     check(0.0 <= m.label_smoothing < 1.0, "model.label_smoothing", "a value in [0, 1)", m.label_smoothing)
+    check(m.max_seq_length >= 3, "model.max_seq_length", "at least 3 ([CLS], a token, [SEP])", m.max_seq_length)
+    check(not m.preprocessor or m.preprocessor.startswith("hub:"), "model.preprocessor", "'hub:PREPROCESS' or empty",
+          m.preprocessor)
     for phase in ("phase1", "phase2"):
         p = getattr(config, phase)
         check(p.epochs >= 0, f"{phase}.epochs", "0 or more", p.epochs)

@@ -135,18 +135,18 @@ def _tfds_order(e: Example) -> tuple[str, int]:
     return split, int(index)
 
 
-def _check_classes(class_names: list[str], splits: dict[str, list[Example]], location: str) -> None:
+def check_classes(class_names: list[str], splits: dict[str, list[Example]], location: str) -> None:
     if len(class_names) < 2:
         found = f"only {class_names[0]!r}" if class_names else "none"
         raise DataError(f"{location}: need at least 2 classes to train a classifier, found {found}")
     totals = Counter(e.label for examples in splits.values() for e in examples)
     small = [f"{class_names[c]} ({totals.get(c, 0)})" for c in range(len(class_names)) if totals.get(c, 0) < 2]
     if small:
-        raise DataError(f"{location}: every class needs at least 2 readable images; too few in: {', '.join(small)}")
+        raise DataError(f"{location}: every class needs at least 2 readable examples; too few in: {', '.join(small)}")
     train = Counter(e.label for e in splits["train"])
     untrained = [class_names[c] for c in range(len(class_names)) if not train.get(c)]
     if untrained:
-        raise DataError(f"{location}: classes {', '.join(untrained)} have no training images (all of their images "
+        raise DataError(f"{location}: classes {', '.join(untrained)} have no training examples (all of them "
                         "are in the given val/test splits); every class needs at least one")
 
 
@@ -204,7 +204,7 @@ def prepare(cfg: DataConfig, seed: int) -> ImageData:
     if data.named_tasks:
         _check_tasks(data, catalog.location)
     else:
-        _check_classes(catalog.class_names, splits, catalog.location)
+        check_classes(catalog.class_names, splits, catalog.location)
     return data
 
 

@@ -61,6 +61,8 @@ def write_plots(run: RunDir, class_names: list[str], m: dict, dataset, labels: n
         figures["curves"] = plots.history_curves(history, stages=stages or [])
     if counts:
         figures["class_distribution"] = plots.class_distribution(counts)
+    if len(labels) and dataset.element_spec[0].dtype.name == "string":  # texts: a table in the report instead
+        return {name: plots.save(fig, run.plots_dir / f"{name}.png") for name, fig in figures.items()}
     if len(labels):
         sample = sample_indices(labels)
         figures["samples"] = plots.predictions_grid(gather_images(dataset, sample), labels[sample], probs[sample],
@@ -87,6 +89,19 @@ def write_task_plots(run: RunDir, tasks, m: dict, history: list[dict] | None = N
         if counts and counts.get(t.name):
             figures[f"{t.name}_class_distribution"] = plots.class_distribution(counts[t.name])
     return {name: plots.save(fig, run.plots_dir / f"{name}.png") for name, fig in figures.items()}
+
+
+def worst_texts(dataset, labels: np.ndarray, probs: np.ndarray, class_names: list[str],
+                count: int = GRID) -> list[list]:
+    """The highest-loss texts of a non-shuffled (texts, labels) dataset: [text, true, predicted, score]."""
+    import tensorflow as tf
+
+    worst = worst_indices(labels, probs, count)
+    table = tf.constant(worst, tf.int64)
+    ds = dataset.unbatch().enumerate().filter(lambda i, xy: tf.reduce_any(tf.equal(table, i)))
+    found = {int(i): xy[0].numpy().decode("utf-8", "replace") for i, xy in ds.take(len(worst))}
+    return [[found[i][:300], class_names[labels[i]], class_names[int(probs[i].argmax())], f"{probs[i].max():.3f}"]
+            for i in worst]
 
 
 def _img(path: Path) -> str:
@@ -165,7 +180,7 @@ def _data_section(summary: dict) -> str:
 def write_report(run: RunDir, title: str, split: str, m: dict, plot_paths: dict[str, Path], *,
                  config: dict | None = None, data_summary: dict | None = None, skipped: dict | None = None,
                  all_metrics: dict | None = None, export_path: str | None = None,
-                 stages: list[dict] | None = None) -> Path:
+                 stages: list[dict] | None = None, worst: list[list] | None = None) -> Path:
     """report.html with every section available; returns its path."""
     sections = []
     if all_metrics:
@@ -180,6 +195,8 @@ def write_report(run: RunDir, title: str, split: str, m: dict, plot_paths: dict[
     shown = [p for key, p in plot_paths.items() if "tasks" not in m or not any(
         key.startswith(f"{name}_") for name in m["tasks"])]
     sections.append(("Plots", "".join(_img(p) for p in shown)))
+    if worst:
+        sections.append(("Highest-loss examples", _table(["text", "true", "predicted", "score"], worst)))
     if data_summary:
         sections.append(("Data", _data_section(data_summary)))
     skipped = skipped or {}

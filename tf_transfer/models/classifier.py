@@ -61,6 +61,26 @@ def build_classifier(backbone: Backbone, heads: list[Task] | int, cfg: ModelConf
     return Classifier(inputs, {h.head: build_head(h, dim, cfg)(features) for h in heads}, name="classifier")
 
 
+def build_text_classifier(backbone, heads: list[Task], cfg: ModelConfig) -> keras.Model:
+    """text (UTF-8 strings) -> preprocess (tokenise) -> backbone (encoder) -> pooler -> head(s).
+
+    `backbone` is a models.text_backbones.TextBackbone. Dropout in the encoder is active while it trains."""
+    import tensorflow as tf
+
+    from tf_transfer.models.text import TextPooler
+
+    inputs = keras.Input((), dtype=tf.string, name="text")
+    encoded = backbone.preprocess(inputs)
+    outputs = backbone.layer(encoded)
+    # hub encoders return more outputs than the pooler needs: pass on the two of the BERT contract
+    wanted = {k: v for k, v in outputs.items() if k in ("sequence_output", "pooled_output")}
+    features = TextPooler(backbone.pooling, name="pooler")(wanted, encoded["input_mask"])
+    dim = int(features.shape[-1])
+    if not heads[0].name:
+        return Classifier(inputs, build_head(heads[0], dim, cfg)(features), name="classifier")
+    return Classifier(inputs, {h.head: build_head(h, dim, cfg)(features) for h in heads}, name="classifier")
+
+
 def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The model's heads in output order ('head', or 'head_<task>' for each named task)."""
     return [model.get_layer(name) for name in model.output_names]

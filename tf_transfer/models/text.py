@@ -14,13 +14,10 @@ an encoder of our own: post-LayerNorm transformer blocks with exact (erf) GELU, 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from tf_transfer._keras import keras
@@ -150,15 +147,36 @@ class ClsPooler(keras.layers.Layer):
         return self.dense(sequence[:, 0])
 
 
-def bert_encoder(cfg: BertConfig, name: str = "backbone") -> keras.Model:
+def bert_encoder(cfg: BertConfig, name: str = "backbone", with_pooler: bool = True) -> keras.Model:
     """The encoder as a functional model in the TF-Hub BERT contract; its layers are `embeddings`,
-    `layer_0` ... `layer_<n-1>` and `pooler_dense`, so `--unfreeze 2` or `--unfreeze layer_4` name them."""
+    `layer_0` ... `layer_<n-1>` and (with_pooler) `pooler_dense`, so `--unfreeze 2` or `--unfreeze layer_4`
+    name them. Without the pooler (for mean pooling) the outputs are `sequence_output` alone."""
     inputs = {k: keras.Input((None,), dtype=tf.int32, name=k) for k in INPUTS}
     x = Embeddings(cfg, name="embeddings")(inputs["input_word_ids"], inputs["input_type_ids"])
     for i in range(cfg.num_layers):
         x = TransformerBlock(cfg, name=f"layer_{i}")(x, inputs["input_mask"])
+    if not with_pooler:
+        return keras.Model(inputs, {"sequence_output": x}, name=name)
     pooled = ClsPooler(cfg.hidden_size, name="pooler_dense")(x)
     return keras.Model(inputs, {"sequence_output": x, "pooled_output": pooled}, name=name)
+
+
+class TextPooler(keras.layers.Layer):
+    """The features a text head sees: the encoder's pooled output, or the masked mean of its tokens."""
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("pooled", "mean"):
+            raise BackboneError(f"pooling {mode!r}: expected 'pooled' or 'mean'")
+        self.mode = mode
+
+    def call(self, outputs, mask):
+        if self.mode == "pooled":
+            return outputs["pooled_output"]
+        return masked_mean(outputs["sequence_output"], mask)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
 
 
 def masked_mean(sequence, mask):

@@ -95,13 +95,13 @@ def build_hf(location: str, weights: str, max_seq_length: int, pooling: str) -> 
     cfg = BertConfig.from_hf(_json(folder / "config.json"), str(folder / "config.json"))
     if max_seq_length > cfg.max_position:
         raise BackboneError(f"--max-seq-length {max_seq_length}: hf:{location} has {cfg.max_position} positions")
-    encoder = bert_encoder(cfg)
+    mean = _json(folder / "1_Pooling" / "config.json").get("pooling_mode_mean_tokens", False)
+    chosen = pooling if pooling != "auto" else ("mean" if mean else "pooled")
+    encoder = bert_encoder(cfg, with_pooler=chosen == "pooled")  # an unused pooler would count as a layer
     if weights != "none":
         load_safetensors(encoder, cfg, folder / "model.safetensors")
     lower = _json(folder / "tokenizer_config.json").get("do_lower_case", True)
     tokenize = BertTokenize(read_vocab(folder / "vocab.txt"), lower, max_seq_length, name="preprocess")
-    mean = _json(folder / "1_Pooling" / "config.json").get("pooling_mode_mean_tokens", False)
-    chosen = pooling if pooling != "auto" else ("mean" if mean else "pooled")
     description = (f"hf:{location} (BERT {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
                    f"{'random init' if weights == 'none' else 'pretrained'}), {chosen} pooling")
     return TextBackbone(tokenize, encoder, chosen, description)
@@ -135,10 +135,13 @@ def _assignments(encoder: keras.Model, cfg: BertConfig) -> list[tuple[object, st
                            (block.value, "attention.self.value"), (block.attention_output, "attention.output.dense"),
                            (block.intermediate, "intermediate.dense"), (block.output_dense, "output.dense")):
             out += [(dense.kernel, f"{p}{key}.weight", True), (dense.bias, f"{p}{key}.bias", False)]
-        for norm, key in ((block.attention_norm, "attention.output.LayerNorm"), (block.output_norm, "output.LayerNorm")):
+        norms = ((block.attention_norm, "attention.output.LayerNorm"), (block.output_norm, "output.LayerNorm"))
+        for norm, key in norms:
             out += [(norm.gamma, f"{p}{key}.weight", False), (norm.beta, f"{p}{key}.bias", False)]
+    if "pooler_dense" not in [layer.name for layer in encoder.layers]:
+        return out
     pooler = encoder.get_layer("pooler_dense").dense
-    return out + [(pooler.kernel, "pooler.dense.weight", True), (pooler.bias, "pooler.dense.bias", False)]
+    return [*out, (pooler.kernel, "pooler.dense.weight", True), (pooler.bias, "pooler.dense.bias", False)]
 
 
 def load_safetensors(encoder: keras.Model, cfg: BertConfig, path: Path) -> None:

@@ -148,6 +148,11 @@ class RestClient:
                 "instances": [{"b64": base64.b64encode(b).decode("ascii")} for b in images]}
         return [Prediction.from_outputs(p) for p in self._request(self._path(":predict"), body)["predictions"]]
 
+    def predict_texts(self, texts: Sequence[str], signature: str = DEFAULT_SIGNATURE) -> list[Prediction]:
+        """A text model's predictions: {"instances": ["a review ...", ...]}."""
+        body = {"signature_name": signature, "instances": list(texts)}
+        return [Prediction.from_outputs(p) for p in self._request(self._path(":predict"), body)["predictions"]]
+
     def classify(self, images: Sequence[bytes]) -> list[list[tuple[str, float]]]:
         body = {"signature_name": "classify",
                 "examples": [{"image/encoded": {"b64": base64.b64encode(b).decode("ascii")}} for b in images]}
@@ -209,15 +214,20 @@ class GrpcClient:
             raise ServerUnavailable(f"no answer from {self.target} after {self.retries + 1} tries ({e}); "
                                     "is the model server running?") from None
 
-    def predict(self, images: Sequence[bytes], signature: str = DEFAULT_SIGNATURE) -> list[Prediction]:
+    def predict(self, images: Sequence[bytes], signature: str = DEFAULT_SIGNATURE,
+                input_name: str = BYTES_INPUT) -> list[Prediction]:
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
         request = predict_pb2.PredictRequest(model_spec=self._spec(signature))
-        request.inputs[BYTES_INPUT].CopyFrom(tf.make_tensor_proto(list(images), dtype=tf.string))
+        request.inputs[input_name].CopyFrom(tf.make_tensor_proto(list(images), dtype=tf.string))
         response = self._call(self._stub.Predict, request)
         out = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
         return [Prediction.from_outputs({k: v[i] for k, v in out.items()}) for i in range(len(images))]
+
+    def predict_texts(self, texts: Sequence[str], signature: str = DEFAULT_SIGNATURE) -> list[Prediction]:
+        """A text model's predictions (its serving_default takes `text`)."""
+        return self.predict([t.encode("utf-8") if isinstance(t, str) else t for t in texts], signature, "text")
 
     def classify(self, images: Sequence[bytes]) -> list[list[tuple[str, float]]]:
         from tensorflow_serving.apis import classification_pb2
@@ -242,24 +252,28 @@ class LocalModel:
     """An exported SavedModel loaded in this process, with the same predict() as the clients."""
 
     def __init__(self, path: str | Path):
-        import tensorflow as tf
-
         from tf_transfer import folders
+        from tf_transfer.serving import savedmodel
 
         self.path = folders.resolve_export(path)
-        self._fn = tf.saved_model.load(str(self.path)).signatures[DEFAULT_SIGNATURE]
+        self._fn = savedmodel.load(self.path).signatures[DEFAULT_SIGNATURE]
+        self.input_name = next(iter(self._fn.structured_input_signature[1]))  # image_bytes or text
 
     def predict(self, images: Sequence[bytes], signature: str = DEFAULT_SIGNATURE) -> list[Prediction]:
+        """Predictions for encoded images (or, for a text model, UTF-8 texts)."""
         import tensorflow as tf
 
         try:
-            out = self._fn(**{BYTES_INPUT: tf.constant(list(images), tf.string)})
+            out = self._fn(**{self.input_name: tf.constant(list(images), tf.string)})
         except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
             from tf_transfer.data.images import clean_error
 
             raise BadRequest(clean_error(e)) from None
         out = {k: v.numpy() for k, v in out.items()}
         return [Prediction.from_outputs({k: v[i] for k, v in out.items()}) for i in range(len(images))]
+
+    def predict_texts(self, texts: Sequence[str]) -> list[Prediction]:
+        return self.predict([t.encode("utf-8") if isinstance(t, str) else t for t in texts])
 
 
 def client_for(server: str, model: str, **kwargs) -> RestClient | GrpcClient:

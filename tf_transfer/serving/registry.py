@@ -25,7 +25,7 @@ import tensorflow as tf
 from tf_transfer.data.images import clean_error
 from tf_transfer.errors import TransferError
 from tf_transfer.folders import ModelDir
-from tf_transfer.serving import signatures
+from tf_transfer.serving import savedmodel, signatures
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class ServedVersion:
         from tensorflow.core.protobuf import saved_model_pb2
 
         self.path, self.version, self.limits = path, int(path.name), limits
-        self.loaded = tf.saved_model.load(str(path))
+        self.loaded = savedmodel.load(path)  # with tensorflow-text's ops for text models
         proto = saved_model_pb2.SavedModel()
         proto.ParseFromString((path / ModelDir.SAVED_MODEL).read_bytes())
         self.signature_defs = {k: v for k, v in proto.meta_graphs[0].signature_def.items() if not k.startswith("__")}

@@ -45,6 +45,7 @@ class ExportSpec:
     representative: Sequence = field(default_factory=list)  # calibration pixels for int8 TFLite
     verify: bool = False  # reload in a fresh process before publishing
     tta: bool = False  # serve scores averaged with the horizontally flipped image
+    kind: str = "image"  # "image": encoded image bytes in; "text": UTF-8 strings in (samples are UTF-8 bytes)
     tasks: Sequence = ()  # tf_transfer.tasks.Task per head when there are named tasks; empty: one task
     thresholds: dict = field(default_factory=dict)  # multi-label tasks: {task: per-label thresholds}
 
@@ -87,6 +88,10 @@ def synthetic_images(size: int, count: int = 6, seed: int = 0) -> list[bytes]:
     return out
 
 
+SYNTHETIC_TEXTS = ("", "a short text", "A longer text, with punctuation; numbers (12, 3.5) and UPPER case!",
+                   "ünïcödé, emoji \N{GRINNING FACE} and CJK \u6f22\u5b57", "word " * 600)
+
+
 def redact_paths(config: dict) -> dict:
     """The config with local paths cut to their last component, so an export does not reveal the
     folders it was trained from; URLs, TFDS names and registry names stay."""
@@ -108,7 +113,7 @@ def redact_paths(config: dict) -> dict:
     return out
 
 
-def write_warmup(path: Path, name: str, samples: Sequence[bytes]) -> int:
+def write_warmup(path: Path, name: str, samples: Sequence[bytes], input_name: str = "") -> int:
     """TF Serving warm-up records: PredictionLogs for serving_default (batch 1 and all samples)."""
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
@@ -121,7 +126,7 @@ def write_warmup(path: Path, name: str, samples: Sequence[bytes]) -> int:
         for batch in batches:
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=name, signature_name=signatures.DEFAULT))
-            request.inputs[signatures.BYTES_INPUT].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+            request.inputs[input_name or signatures.BYTES_INPUT].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
             log_entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log_entry.SerializeToString())
     return len(batches)
@@ -133,9 +138,13 @@ def _write_samples(version: Path, model, spec: ExportSpec, name: str) -> None:
     import tensorflow as tf
 
     from tf_transfer.data import images
+    from tf_transfer.serving import signatures
 
-    pixels = tf.cast(tf.stack([images.decode_and_resize(tf.constant(b), spec.image_size) for b in spec.samples]),
-                     tf.float32)
+    if spec.kind == "text":
+        pixels = tf.constant(list(spec.samples))  # the model's input: strings
+    else:
+        pixels = tf.cast(tf.stack([images.decode_and_resize(tf.constant(b), spec.image_size) for b in spec.samples]),
+                         tf.float32)
 
     def scores_of(x) -> dict:
         out = model(x, training=False)
@@ -150,20 +159,24 @@ def _write_samples(version: Path, model, spec: ExportSpec, name: str) -> None:
     recorded = {t.prefix + ("all_scores" if t.multi_label else "scores"): scores[t.head].astype(float).round(7).tolist()
                 for t in spec.heads()}
     folders.write_json(version / ModelDir.SAMPLES, {
-        "images_b64": [base64.b64encode(b).decode("ascii") for b in spec.samples],
+        "kind": spec.kind, "images_b64": [base64.b64encode(b).decode("ascii") for b in spec.samples],
         "scores": recorded.pop("scores", None), "task_scores": recorded,
         "class_names": spec.class_names, "tasks": [t.to_dict() for t in spec.tasks],
         "tolerance": MIXED_TOLERANCE if mixed else SCORE_TOLERANCE,
     })
-    write_warmup(version / ModelDir.WARMUP, name, spec.samples)
+    write_warmup(version / ModelDir.WARMUP, name, spec.samples,
+                 signatures.TEXT_INPUT if spec.kind == "text" else signatures.BYTES_INPUT)
 
 
 def write_version(model, spec: ExportSpec, version: Path, name: str) -> None:
     """Write every file of one export version into `version` (a staging folder)."""
     from tf_transfer.serving import signatures
 
-    fns = signatures.build(model, spec.heads(), spec.image_size, spec.top_k, spec.max_image_pixels, spec.tta,
-                           spec.thresholds)
+    if spec.kind == "text":
+        fns = signatures.build_text(model, spec.heads(), spec.top_k, spec.thresholds)
+    else:
+        fns = signatures.build(model, spec.heads(), spec.image_size, spec.top_k, spec.max_image_pixels, spec.tta,
+                               spec.thresholds)
     model.save(str(version), save_format="tf", include_optimizer=False, signatures=fns)
     signatures.mark_classify(str(version))
     labels = "".join(f"{c}\n" for c in spec.class_names)
@@ -177,7 +190,9 @@ def write_version(model, spec: ExportSpec, version: Path, name: str) -> None:
     folders.write_json(version / ModelDir.METRICS, spec.metrics)
     if spec.samples:
         _write_samples(version, model, spec, name)
-    if spec.tflite and spec.tasks:
+    if spec.tflite and spec.kind == "text":
+        pass  # the text modality reports the skip
+    elif spec.tflite and spec.tasks:
         log.warning("TFLite export skipped: it supports models with one head (this one has %d)", len(spec.tasks))
     elif spec.tflite:
         from tf_transfer.serving import tflite as tflite_lib
@@ -195,11 +210,23 @@ def export_classifier(model, spec: ExportSpec, export_root: str | Path, name: st
         write(model, spec, staged, name)
         if spec.verify:
             result = verify_in_subprocess(staged)
-            log.info("Export verified in a fresh process: %d sample images, same top-1, max score diff %.2g",
+            log.info("Export verified in a fresh process: %d samples, same top-1, max score diff %.2g",
                      result["samples"], result["max_score_diff"])
         final = model_dir.publish(staged)
     log.info("Exported SavedModel to %s", final)
     return final
+
+
+def load(path):
+    """tf.saved_model.load, with tensorflow-text's ops registered first when it is installed (a text
+    model's tokenizer needs them)."""
+    import tensorflow as tf
+
+    try:
+        import tensorflow_text  # noqa: F401 - registers the ops
+    except ImportError:  # pragma: no cover - in requirements.txt
+        pass
+    return tf.saved_model.load(str(path))
 
 
 def export_tasks(path) -> list:
@@ -228,11 +255,12 @@ def verify(path: str | Path) -> dict:
         raise ExportError(f"{path} has no {ModelDir.SAMPLES}; expected an export written by tf_transfer")
     recorded = json.loads(samples_file.read_text())
     tasks = export_tasks(path)
-    loaded = tf.saved_model.load(str(path))
+    loaded = load(path)
     if signatures.DEFAULT not in loaded.signatures:
         raise ExportError(f"{path}: no {signatures.DEFAULT} signature; found {', '.join(loaded.signatures)}")
     images_bytes = [base64.b64decode(s) for s in recorded["images_b64"]]
-    out = loaded.signatures[signatures.DEFAULT](**{signatures.BYTES_INPUT: tf.constant(images_bytes)})
+    input_name = signatures.TEXT_INPUT if recorded.get("kind") == "text" else signatures.BYTES_INPUT
+    out = loaded.signatures[signatures.DEFAULT](**{input_name: tf.constant(images_bytes)})
     expected_all = {"scores": recorded["scores"], **recorded.get("task_scores", {})}
     diff, same_top1, names_ok = 0.0, True, [t.to_dict() for t in tasks if t.name] == recorded.get("tasks", [])
     for t in tasks:

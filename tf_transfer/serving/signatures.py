@@ -35,6 +35,8 @@ BYTES_INPUT = "image_bytes"
 PIXELS_INPUT = "pixels"
 EXAMPLE_INPUT = "inputs"
 EXAMPLE_FEATURE = "image/encoded"
+TEXT_INPUT = "text"
+TEXT_FEATURE = "text"
 
 
 def single_label(scores, class_names: list[str], top_k: int, prefix: str = "") -> dict:
@@ -112,6 +114,28 @@ def build(model, tasks: list, image_size: int, top_k: int, max_pixels: int, tta:
 
     named = {DEFAULT: serve_bytes, PIXELS: serve_pixels, PIXELS_UINT8: serve_pixels_uint8}
     return named if tasks[0].name else {**named, CLASSIFY: classify}
+
+
+def build_text(model, tasks: list, top_k: int, thresholds: dict | None = None) -> dict:
+    """The signatures of a text model: ``serving_default`` takes ``text`` (UTF-8 strings [batch]; the
+    model tokenises them) and returns the outputs of `head_outputs`; ``classify`` takes tf.Examples
+    with a ``text`` bytes feature (one-task models)."""
+
+    def outputs(text):
+        scores = tf.nest.map_structure(lambda p: tf.cast(p, tf.float32), model(text, training=False))
+        return head_outputs(scores, tasks, top_k, thresholds or {})
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=TEXT_INPUT)])
+    def serve_text(text):
+        return outputs(text)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLE_INPUT)])
+    def classify(inputs):
+        features = tf.io.parse_example(inputs, {TEXT_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+        out = outputs(features[TEXT_FEATURE])
+        return {"classes": out["classes"], "scores": out["scores"]}
+
+    return {DEFAULT: serve_text} if tasks[0].name else {DEFAULT: serve_text, CLASSIFY: classify}
 
 
 def mark_classify(export_dir: str) -> None:

@@ -95,10 +95,11 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, {h.name: h(inputs) for h in heads}, name="head_on_features")
 
 
-def extractor(model: keras.Model, image_size: int):
-    """A traced function: image batch -> head-input features (one trace serves every split and batch size)."""
+def extractor(model: keras.Model, image_size: int = 0):
+    """A traced function: input batch (images, or strings for a text model) -> head-input features (one
+    trace serves every split and batch size)."""
     features_of = feature_model(model)
-    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
+    spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], model.inputs[0].dtype)
     return tf.function(lambda x: features_of(x, training=False), input_signature=[spec])
 
 
@@ -107,7 +108,7 @@ def examples_digest(images: data_lib.ImageData, split: str) -> str:
     examples = images.splits[split]
     h = hashlib.sha256(json.dumps(images.tfds, sort_keys=True).encode() if images.kind == "tfds" else b"files")
     contents = [""] * len(examples)
-    if images.kind != "tfds":  # TFDS records are immutable for a given name and version
+    if images.kind not in ("tfds", "text"):  # TFDS records are immutable; a text example's key is its text
         with ThreadPoolExecutor(8) as pool:  # read now: a file may have changed since the split was made
             contents = list(pool.map(folders.file_digest, [e.key for e in examples]))
     if images.named_tasks:  # their records hold no labels (the targets come from the split)
@@ -180,6 +181,11 @@ def _extraction_input(config: Config, images: data_lib.ImageData, split: str, im
                       batch_size: int) -> tf.data.Dataset:
     """Batches of (pixels of `views` views stacked along the batch axis [V*B, S, S, 3], labels [B])."""
     plain = dataclasses.replace(config.data, augment=False, cache="none")
+    if images.kind == "text":  # strings in; no augmented views
+        from tf_transfer.data import texts
+
+        ds = texts.pipeline(images, split, plain, config.seed, batch_size=batch_size)
+        return ds.map(lambda x, y: (x, tf.argmax(y, axis=-1, output_type=tf.int32)))
     ds = data_lib.pipeline(images, split, plain, image_size, config.seed, batch_size=batch_size)
     if images.named_tasks:  # the records keep the first label; named tasks' targets come from the split
         ds = ds.map(lambda x, y, w: (x, tf.zeros(tf.shape(x)[:1], tf.int32)))

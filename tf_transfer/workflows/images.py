@@ -56,7 +56,7 @@ class Images:
             log.info("Resuming run %s (phase %s, after epoch %s)", run.location, run.state().get("phase", 1),
                      run.state().get("last_epoch", 0))
         else:
-            data = self.prepared or datasets.prepare(self.config.data, self.config.seed)
+            data = self.prepared or self.prepare_data()
             run.save_config(self.config)
             data.save(run)
             log.info("Run folder: %s", run.location)
@@ -66,6 +66,10 @@ class Images:
             log.warning("Skipped %d unreadable file(s) (all listed in %s):\n%s", len(data.skipped),
                         run.path / RunDir.SKIPPED, "\n".join(f"  {p}: {r}" for p, r in shown))
         return data
+
+    def prepare_data(self) -> ImageData:
+        """Resolve, check and split the source (a new run)."""
+        return datasets.prepare(self.config.data, self.config.seed)
 
     def check_paths(self, session: Session) -> None:
         """A remote TPU cannot read this machine's disk: refuse local paths before any work."""

@@ -173,5 +173,6 @@ class Outputs:
             plot_paths, config=self.config.to_dict(),
             data_summary={"source": self.data.source, "counts": self.data.counts(), "task_counts": task_counts},
             skipped=self.data.skipped, all_metrics=metrics, export_path=str(export_path) if export_path else None,
-            stages=stages)
+            stages=stages, worst=report.worst_texts(dataset, *predictions[split], self.data.class_names)
+            if self.modality.kind == "text" and not tasks else None)
         log.info("Report: %s", path)

@@ -51,14 +51,21 @@ def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
         run_dir = _run_dir(config, resume_dir, session)
         with run_dir.logging():
             _record_versions(run_dir)
-            return fine_tune(config, run_dir, session, Images(config))
+            return fine_tune(config, run_dir, session, modality_for(config))
 
 
 def run_prepared(config: Config, run_dir: str | Path, images, strategy=None) -> RunResult:
     """A new run in run_dir on data already split (the tuner prepares the split once per search)."""
     run_dir = RunDir(run_dir)
     with distribute.session(config, strategy) as session, run_dir.logging():
-        return fine_tune(config, run_dir, session, Images(config, prepared=images))
+        return fine_tune(config, run_dir, session, modality_for(config, images))
+
+
+def modality_for(config: Config, prepared=None) -> Images:
+    """What an example is for this config: texts when the backbone is a text encoder, else images."""
+    from tf_transfer.workflows.texts import Texts, is_text
+
+    return (Texts if is_text(config) else Images)(config, prepared)
 
 
 def _run_dir(config: Config, resume_dir: str | Path | None, session: Session) -> RunDir:
