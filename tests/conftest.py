@@ -91,6 +91,48 @@ def multitask_run(manifest, tmp_path_factory):
     return recipe.run(config)
 
 
+TINY_BERT = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "max_position": 64,
+             "dropout": 0.0, "attention_dropout": 0.0}
+
+
+@pytest.fixture(scope="session")
+def text_data(tmp_path_factory) -> Path:
+    """Generated texts of three classes: reviews.csv (text,label) and folder/{train,test}/<class>/*.txt."""
+    from tf_transfer.data import demo
+
+    return demo.write_texts(tmp_path_factory.mktemp("texts"), per_class=40, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory) -> Path:
+    """A tiny BERT checkpoint in the Hugging Face layout (random weights) over the generated texts' words."""
+    from tf_transfer._keras import keras
+    from tf_transfer.data import demo
+    from tf_transfer.models import text, text_backbones
+
+    keras.utils.set_random_seed(0)
+    vocab = demo.text_vocab()
+    cfg = text.BertConfig(len(vocab), **TINY_BERT)
+    encoder = text.bert_encoder(cfg)
+    return text_backbones.save_hf(encoder, cfg, vocab, tmp_path_factory.mktemp("tiny_hf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_text(tmp_path_factory, tiny_hf) -> tuple[Path, Path]:
+    """The tiny encoder and its preprocessing model as TF-Hub BERT SavedModels: (encoder, preprocessor)."""
+    import tensorflow as tf
+
+    from tf_transfer._keras import keras
+    from tf_transfer.models import text_backbones
+
+    bb = text_backbones.build(f"hf:{tiny_hf}", "pretrained", "", 32, "pooled")
+    root = tmp_path_factory.mktemp("tiny_hub_text")
+    bb.layer.save(str(root / "encoder"), save_format="tf")
+    strings = keras.Input((), dtype=tf.string, name="text")
+    keras.Model(strings, bb.preprocess(strings), name="preprocess").save(str(root / "preprocess"), save_format="tf")
+    return root / "encoder", root / "preprocess"
+
+
 def save_tiny_backbone(path: Path, seed: int = 0) -> Path:
     """A tiny conv feature extractor ([0, 1] pixels in, pooled features out) saved as a SavedModel:
     a real local TF-Hub handle."""

@@ -118,3 +118,37 @@ def write_multitask(root: str | Path, count: int = 150, size: int = 64, seed: in
         tags = ["dark" if dark else "light"] + ["noisy"] * noisy + ["large"] * (r > 0.25 * size)
         rows.append([name, shape, "" if rng.random() < unlabelled else colour, "|".join(tags)])
     return folders.write_csv(root / "manifest.csv", rows)
+
+
+TEXT_WORDS = {
+    "positive": ("good", "great", "happy", "love", "wonderful", "fun", "best", "enjoyed"),
+    "negative": ("bad", "awful", "sad", "hate", "boring", "worst", "terrible", "dull"),
+    "neutral": ("okay", "average", "plain", "fine", "usual", "normal", "standard", "ordinary"),
+}
+FILLER = ("the", "movie", "was", "a", "it", "this", "film", "story", "and", "really", "very", "so")
+
+
+def write_texts(root: str | Path, per_class: int = 40, seed: int = 0, classes: tuple[str, ...] = tuple(TEXT_WORDS)
+                ) -> Path:
+    """A small generated text set: root/reviews.csv (text,label) whose classes differ by their words, and
+    the same texts as root/folder/{train,test}/<class>/<n>.txt (the aclImdb layout). Returns root."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    rows = [["text", "label"]]
+    for label in classes:
+        for i in range(per_class):
+            words = list(rng.choice(FILLER, rng.integers(3, 12))) + list(rng.choice(TEXT_WORDS[label], 2))
+            rng.shuffle(words)
+            text = " ".join(words).capitalize() + rng.choice([".", "!", "..."])
+            rows.append([text, label])
+            folder = root / "folder" / ("test" if i % 5 == 0 else "train") / label
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i:04d}.txt").write_text(text, encoding="utf-8")
+    folders.write_csv(root / "reviews.csv", rows)
+    return root
+
+
+def text_vocab() -> list[str]:
+    """The WordPiece vocabulary of the generated texts (special tokens first)."""
+    words = sorted({w for ws in TEXT_WORDS.values() for w in ws} | set(FILLER))
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "!", ",", "##s", *words]

@@ -180,3 +180,19 @@ def build_hub(handle: str, preprocessor: str, pooling: str) -> TextBackbone:
     encoder = backbones.build_hub(handle, 0)
     return TextBackbone(pre, encoder, "pooled" if pooling == "auto" else pooling,
                         f"hub:{handle} with {preprocessor}, {'pooled' if pooling == 'auto' else pooling} pooling")
+
+
+def save_hf(encoder: keras.Model, cfg: BertConfig, vocab: list[str], folder: Path, lower_case: bool = True) -> Path:
+    """Write an encoder of ours as a Hugging Face BERT checkpoint folder (config.json, model.safetensors,
+    vocab.txt, tokenizer_config.json): the inverse of build_hf."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {key: np.ascontiguousarray(v.numpy().T if transpose else v.numpy())
+               for v, key, transpose in _assignments(encoder, cfg)}
+    save_file(tensors, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({**cfg.to_hf(), "architectures": ["BertModel"]}, indent=2))
+    (folder / "vocab.txt").write_text("".join(f"{t}\n" for t in vocab), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lower_case}))
+    return folder

@@ -47,6 +47,7 @@ def fine_tune(config: Config, run: RunDir, session: Session, modality: Images) -
 
 def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
     """Train a new run of `config` (or resume the run in `resume_dir`); returns its results."""
+    config = with_modality_defaults(config)
     with distribute.session(config) as session:
         run_dir = _run_dir(config, resume_dir, session)
         with run_dir.logging():
@@ -59,6 +60,13 @@ def run_prepared(config: Config, run_dir: str | Path, images, strategy=None) -> 
     run_dir = RunDir(run_dir)
     with distribute.session(config, strategy) as session, run_dir.logging():
         return fine_tune(config, run_dir, session, modality_for(config, images))
+
+
+def with_modality_defaults(config: Config) -> Config:
+    """The config with its modality's defaults where flags were left at theirs (text: BERT fine-tuning)."""
+    from tf_transfer.workflows.texts import is_text, text_defaults
+
+    return text_defaults(config) if is_text(config) else config
 
 
 def modality_for(config: Config, prepared=None) -> Images:

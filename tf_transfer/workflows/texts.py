@@ -25,6 +25,29 @@ from tf_transfer.workflows.images import Images, Splits
 log = logging.getLogger(__name__)
 
 
+# BERT fine-tuning defaults (AdamW, warm-up, a small rate, every layer), measured on ../shared's emotion set
+# (BENCHMARKS.md, "Text classification"). They replace the image defaults where a flag was left at its default.
+TEXT_DEFAULTS = {
+    "phase2.unfreeze": "all", "phase2.epochs": 3, "phase2.learning_rate": 1e-4, "phase2.weight_decay": 0.01,
+    "phase2.patience": 0, "phase1.epochs": 10, "phase1.patience": 0, "model.dropout": 0.1, "data.batch_size": 32,
+}
+
+
+def text_defaults(config: Config) -> Config:
+    """The config with TEXT_DEFAULTS where it still has the (image) default values; logged."""
+    base = Config()
+    changes = {k: v for k, v in TEXT_DEFAULTS.items() if _get(config, k) == _get(base, k) != v}
+    if changes:
+        log.info("Text defaults: %s (set these flags to choose otherwise)",
+                 ", ".join(f"{k}={v}" for k, v in changes.items()))
+    return config.replace(**changes) if changes else config
+
+
+def _get(config: Config, dotted: str):
+    section, _, key = dotted.partition(".")
+    return getattr(getattr(config, section), key)
+
+
 def is_text(config: Config) -> bool:
     """Whether a config trains a text classifier (its backbone is a text encoder)."""
     return text_backbones.is_text(config.model.backbone, config.model.preprocessor)

@@ -221,15 +221,16 @@ def tune(base: Config, space: dict[str, dict], algorithm: str = "random", max_tr
 
 def _search(base: Config, space: dict[str, dict], algorithm: str, max_trials: int, directory: Path,
             max_epochs: int | None) -> dict:
-    from tf_transfer.data import datasets
     from tf_transfer.training import distribute
+    from tf_transfer.workflows import recipe
 
     folders.write_json(directory / "search_space.json", space)
     base.save(directory / "base_config.json")
+    base = recipe.with_modality_defaults(base)
     user_base, base = base, base.replace(**TRIAL_OVERRIDES)  # trials only train and evaluate
     # Before other TF work: some strategies configure the runtime.
     strategy = distribute.create(base.runtime.strategy, base.runtime.tpu)
-    images = datasets.prepare(base.data, base.seed)
+    images = recipe.modality_for(base).prepare_data()  # image files or texts, split once for every trial
     images.save(RunDir(directory))
     log.info("Data: %s (%d classes)\n%s", images.source, images.num_classes, images.summary_table())
     max_epochs = max_epochs or max(1, _axis_max(space.get("phase1.epochs"), base.phase1.epochs)

@@ -1,0 +1,237 @@
+"""Text classification: text data, the in-graph tokenizer, BERT-family checkpoints (hf: and TF-Hub), the
+two-phase recipe on texts, and the string-in export through the server, clients, predict and evaluate."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_transfer.config import DataConfig
+from tf_transfer.data import texts
+from tf_transfer.errors import BackboneError, DataError
+from tf_transfer.models import text, text_backbones
+from tf_transfer.models.tokenizer import BertTokenize
+
+from .conftest import SHARED, make_config
+
+MINILM = SHARED / "weights" / "all-MiniLM-L6-v2"
+EMOTION = SHARED / "datasets" / "emotion"
+
+
+def _tokenizer(max_seq_length=8):
+    from tf_transfer.data import demo
+
+    vocab = demo.text_vocab()
+    return BertTokenize(vocab, True, max_seq_length), vocab
+
+
+def test_tokenizer_adds_cls_and_sep_pads_to_the_batch_and_truncates():
+    tok, vocab = _tokenizer(8)
+    out = tok(tf.constant(["The MOVIE was great!", "", "good " * 50]))
+    ids, mask = out["input_word_ids"].numpy(), out["input_mask"].numpy()
+    words = [vocab[i] for i in ids[0][mask[0] == 1]]
+    assert words == ["[CLS]", "the", "movie", "was", "great", "!", "[SEP]"]  # lower-cased, punctuation split
+    assert [vocab[i] for i in ids[1][mask[1] == 1]] == ["[CLS]", "[SEP]"]  # an empty text
+    assert ids.shape == (3, 8) and mask[2].sum() == 8 and vocab[ids[2][-1]] == "[SEP]"  # cut at max_seq_length
+    assert (out["input_type_ids"].numpy() == 0).all() and out["input_word_ids"].dtype == tf.int32
+
+
+def test_tokenizer_pads_only_to_the_longest_text_of_the_batch_and_maps_unknown_words():
+    tok, vocab = _tokenizer(64)
+    out = tok(tf.constant(["good", "zebra crossing"]))
+    assert out["input_word_ids"].shape == (2, 4)  # [CLS] zebra crossing [SEP]
+    assert vocab[int(out["input_word_ids"][1][1])] == "[UNK]"
+
+
+def test_tokenizer_survives_invalid_utf8_and_huge_texts():
+    tok, vocab = _tokenizer(16)
+    bad = [b"\xff\xfe\xfa good", b"good \xc3", b"\x00\x01\x02", ("bad " * 2_000_000).encode()]
+    out = tok(tf.constant(bad))
+    mask = out["input_mask"].numpy()
+    assert mask.shape[0] == 4 and (mask[:, 0] == 1).all()
+    assert "good" in [vocab[i] for i in out["input_word_ids"].numpy()[0]]
+    assert mask[3].sum() == 16  # a 8 MB text is cut, not tokenised whole
+
+
+def test_hf_checkpoint_round_trip_and_clear_errors(tiny_hf, tmp_path):
+    bb = text_backbones.build(f"hf:{tiny_hf}", "pretrained", "", 32, "pooled")
+    again = text_backbones.build(f"hf:{tiny_hf}", "pretrained", "", 32, "pooled")
+    random = text_backbones.build(f"hf:{tiny_hf}", "none", "", 32, "pooled")
+    inputs = bb.preprocess(tf.constant(["good movie", "awful film"]))
+    same = [o["pooled_output"].numpy() for o in (bb.layer(inputs), again.layer(inputs), random.layer(inputs))]
+    np.testing.assert_allclose(same[0], same[1], atol=1e-6)
+    assert np.abs(same[0] - same[2]).max() > 1e-3  # --weights none: random initialisation
+    assert [la.name for la in bb.layer.layers if la.weights] == ["embeddings", "layer_0", "layer_1", "pooler_dense"]
+    from safetensors.numpy import load_file, save_file
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "vocab.txt"):
+        (broken / name).write_bytes((tiny_hf / name).read_bytes())
+    tensors = load_file(str(tiny_hf / "model.safetensors"))
+    del tensors["encoder.layer.1.attention.self.key.weight"]
+    save_file(tensors, str(broken / "model.safetensors"))
+    with pytest.raises(BackboneError, match=r"does not fit config.json: missing encoder.layer.1.attention.self.key"):
+        text_backbones.build(f"hf:{broken}", "pretrained", "", 32, "auto")
+    (broken / "config.json").write_text(json.dumps({"model_type": "gpt2", "hidden_act": "gelu_new"}))
+    with pytest.raises(BackboneError, match="model_type 'gpt2'"):
+        text_backbones.build(f"hf:{broken}", "pretrained", "", 32, "auto")
+    with pytest.raises(BackboneError, match="no such folder"):
+        text_backbones.build(f"hf:{tmp_path}/nope", "pretrained", "", 32, "auto")
+    with pytest.raises(BackboneError, match="needs --preprocessor hub:PREPROCESS"):
+        text_backbones.build("hub:/some/encoder", "pretrained", "", 32, "auto")
+
+
+@pytest.mark.skipif(not MINILM.is_dir(), reason="../shared/weights/all-MiniLM-L6-v2 is not present")
+def test_minilm_reproduces_its_documented_sentence_similarity():
+    bb = text_backbones.build(f"hf:{MINILM}", "pretrained", "", 128)
+    assert bb.pooling == "mean"  # read from the sentence-transformers folder's 1_Pooling/config.json
+    inputs = bb.preprocess(tf.constant(["A man is eating food.", "A man is eating a piece of bread."]))
+    e = text.masked_mean(bb.layer(inputs)["sequence_output"], inputs["input_mask"]).numpy()
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    assert float(e[0] @ e[1]) == pytest.approx(0.755, abs=0.002)  # the value sentence-transformers documents
+
+
+def _write_csv(path: Path, rows) -> Path:
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def test_text_csv_reports_bad_rows_by_line_and_strict_fails(tmp_path):
+    rows = [["id", "review", "sentiment", "split"]] + [[i, f"good text {i}", "pos", ""] for i in range(6)] + \
+        [[i, f"bad text {i}", "neg", ""] for i in range(6)] + [[99, "no label here", "", ""], [100, "x"],
+                                                               [101, "a test row", "pos", "holdout"]]
+    path = _write_csv(tmp_path / "r.csv", rows)
+    cfg = DataConfig(source=f"csv:{path}", text_column="review", label_column="sentiment", val_fraction=0.2,
+                     test_fraction=0.2)
+    data = texts.prepare(cfg, seed=0)
+    assert data.class_names == ["neg", "pos"] and sum(len(v) for v in data.splits.values()) == 12
+    assert data.skipped == {f"{path}, line 14": "no label", f"{path}, line 15": "expected at least 3 columns, got 2",
+                            f"{path}, line 16": "unknown split 'holdout'; expected train, val or test"}
+    with pytest.raises(DataError, match="3 row\\(s\\) or file\\(s\\) cannot be used \\(--strict\\)"):
+        texts.prepare(DataConfig(source=f"csv:{path}", text_column="review", label_column="sentiment", strict=True), 0)
+    with pytest.raises(DataError, match="no column 'text', 'label'; its header is id,review,sentiment,split"):
+        texts.prepare(DataConfig(source=f"csv:{path}"), 0)
+
+
+def test_text_folders_keep_their_splits_and_skip_unsup(text_data):
+    (text_data / "folder" / "train" / "unsup").mkdir(exist_ok=True)
+    (text_data / "folder" / "train" / "unsup" / "0.txt").write_text("no label")
+    (text_data / "folder" / "train" / "positive" / "broken.txt").write_bytes(b"\xff\xfe not utf-8")
+    data = texts.prepare(DataConfig(source=str(text_data / "folder")), seed=0)
+    assert data.class_names == ["negative", "neutral", "positive"] and len(data.splits["test"]) == 24
+    assert list(data.skipped) == [str(text_data / "folder" / "train" / "positive" / "broken.txt")]
+    (text_data / "folder" / "train" / "positive" / "broken.txt").unlink()
+
+
+def test_tfds_text_datasets_load_through_tfds():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=30):
+        data = texts.prepare(DataConfig(source="tfds:imdb_reviews"), seed=0)
+    assert data.class_names == ["neg", "pos"] and data.kind == "text" and len(data.splits["test"]) == 30
+    assert all(isinstance(e.key, str) for e in data.splits["train"])
+
+
+# --- a trained text run on generated texts with the tiny checkpoint, shared by the tests below
+
+
+@pytest.fixture(scope="module")
+def text_run(text_data, tiny_hf, tmp_path_factory):
+    from tf_transfer.workflows import recipe
+
+    tmp = tmp_path_factory.mktemp("text_run")
+    config = make_config(tmp, f"csv:{text_data / 'reviews.csv'}", name="reviews", **{
+        "model.backbone": f"hf:{tiny_hf}", "model.max_seq_length": 24, "phase1.epochs": 8, "phase2.epochs": 2,
+        "phase1.learning_rate": 3e-3, "phase2.learning_rate": 1e-3, "export.verify": True, "phase1.feature_cache": "on"})
+    return recipe.run(config)
+
+
+@pytest.mark.slow
+def test_a_text_run_learns_both_phases_and_exports_strings_in(text_run):
+    m = text_run.metrics
+    assert m["test"]["accuracy"] > 0.6 and m["phase1"]["test"]["accuracy"] > 0.45  # chance: 1/3
+    log = text_run.run.log_file.read_text()
+    assert "Phase 1 trains the head on cached features" in log and "Text defaults:" in log
+    assert text_run.config.phase2.unfreeze == "all" and text_run.config.phase2.weight_decay == 0.01
+    assert "Highest-loss examples" in text_run.run.report_file.read_text()
+    path = text_run.export_path
+    cli = subprocess.run(["saved_model_cli", "show", "--dir", str(path), "--tag_set", "serve", "--signature_def",
+                          "serving_default"], capture_output=True, text=True)
+    assert "inputs['text'] tensor_info" in cli.stdout and "outputs['top_k_classes']" in cli.stdout
+    loaded = tf.saved_model.load(str(path))
+    hostile = [b"", b"\xff\xfe\x00 not utf-8", ("great " * 100_000).encode(), "Ünïcödé 😀 漢字".encode()]
+    out = loaded.signatures["serving_default"](text=tf.constant(hostile))
+    scores = out["scores"].numpy()
+    assert scores.shape == (4, 3) and np.allclose(scores.sum(-1), 1.0, atol=1e-5)
+    assert {"serving_default", "classify"} <= set(loaded.signatures)
+
+
+@pytest.mark.slow
+def test_text_export_serves_rest_and_grpc_and_the_commands(text_run, text_data, tmp_path):
+    from tf_transfer import serving
+    from tf_transfer.serving import server as serve
+
+    path = text_run.export_path
+    sample = ["a great and wonderful film", "the worst and most boring story", ""]
+    expected = serving.LocalModel(path).predict_texts(sample)
+    srv = serve.LocalServer([path.parent], port=0, grpc_port=0).start()
+    try:
+        rest = serving.RestClient(f"http://127.0.0.1:{srv.port}", "reviews")
+        grpc_client = serving.GrpcClient(f"127.0.0.1:{srv.grpc_port}", "reviews")
+        for client in (rest, grpc_client):
+            assert [p.top_classes for p in client.predict_texts(sample)] == [p.top_classes for p in expected]
+        raw = rest._request(rest._path(":predict"), {"instances": [{"b64": "//79"}, "fine"]})  # invalid UTF-8
+        assert len(raw["predictions"]) == 2
+        grpc_client.close()
+    finally:
+        srv.stop()
+    (tmp_path / "a.txt").write_text(sample[0])
+    proc = subprocess.run([sys.executable, "-m", "tf_transfer.predict", str(path), str(tmp_path / "a.txt"), "-",
+                           str(text_data / "reviews.csv")], input="the worst film\n\n", capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'a.txt'}: ") and lines[1].startswith("stdin:1: ")
+    assert len(lines) == 2 + 120  # one line per text: the file, one stdin line (blank lines skipped), the CSV rows
+    proc = subprocess.run([sys.executable, "-m", "tf_transfer.evaluate", str(path), "--data",
+                           f"csv:{text_data / 'reviews.csv'}", "--output", str(tmp_path / "eval")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["num_examples"] == 120 and m["accuracy"] > 0.5
+
+
+@pytest.mark.slow
+def test_a_tf_hub_encoder_with_its_preprocessor_trains_and_exports(tiny_hub_text, text_data, tmp_path):
+    from tf_transfer.workflows import recipe
+
+    encoder, preprocessor = tiny_hub_text
+    config = make_config(tmp_path, f"csv:{text_data / 'reviews.csv'}", name="hubtext", **{
+        "model.backbone": f"hub:{encoder}", "model.preprocessor": f"hub:{preprocessor}", "phase1.epochs": 3,
+        "phase2.epochs": 1, "phase1.learning_rate": 3e-3, "export.verify": True})
+    result = recipe.run(config)
+    assert result.metrics["test"]["accuracy"] > 0.4
+    out = tf.saved_model.load(str(result.export_path)).signatures["serving_default"](text=tf.constant(["good fun"]))
+    assert out["top_k_classes"].shape[0] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MINILM.is_dir() and EMOTION.is_dir()), reason="../shared's MiniLM or emotion set is absent")
+def test_fine_tuning_minilm_on_real_tweets_beats_its_frozen_phase(tmp_path):
+    from tf_transfer.workflows import recipe
+
+    rows = list(csv.reader((EMOTION / "train.csv").open()))
+    header, body = rows[0], rows[1:]
+    subset = _write_csv(tmp_path / "emotion.csv", [header, *body[:900]])
+    config = make_config(tmp_path, f"csv:{subset}", name="emotion", **{
+        "model.backbone": f"hf:{MINILM}", "model.max_seq_length": 64, "phase1.epochs": 10, "phase2.epochs": 1,
+        "data.batch_size": 32, "data.val_fraction": 0.15, "data.test_fraction": 0.15})
+    result = recipe.run(config)
+    m = result.metrics
+    assert m["test"]["accuracy"] > m["phase1"]["test"]["accuracy"] and m["test"]["accuracy"] > 0.4
