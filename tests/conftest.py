@@ -100,12 +100,13 @@ def text_data(tmp_path_factory) -> Path:
     """Generated texts of three classes: reviews.csv (text,label) and folder/{train,test}/<class>/*.txt."""
     from tf_transfer.data import demo
 
-    return demo.write_texts(tmp_path_factory.mktemp("texts"), per_class=40, seed=2)
+    return demo.write_texts(tmp_path_factory.mktemp("texts"), per_class=60, seed=2)
 
 
 @pytest.fixture(scope="session")
 def tiny_hf(tmp_path_factory) -> Path:
-    """A tiny BERT checkpoint in the Hugging Face layout (random weights) over the generated texts' words."""
+    """A tiny BERT checkpoint in the Hugging Face layout (random weights) over the generated texts' words, with
+    sentence-transformers' mean pooling (a random encoder's pooled output hardly depends on the text)."""
     from tf_transfer._keras import keras
     from tf_transfer.data import demo
     from tf_transfer.models import text, text_backbones
@@ -114,7 +115,7 @@ def tiny_hf(tmp_path_factory) -> Path:
     vocab = demo.text_vocab()
     cfg = text.BertConfig(len(vocab), **TINY_BERT)
     encoder = text.bert_encoder(cfg)
-    return text_backbones.save_hf(encoder, cfg, vocab, tmp_path_factory.mktemp("tiny_hf"))
+    return text_backbones.save_hf(encoder, cfg, vocab, tmp_path_factory.mktemp("tiny_hf"), mean_pooling=True)
 
 
 @pytest.fixture(scope="session")

@@ -125,7 +125,7 @@ def test_text_folders_keep_their_splits_and_skip_unsup(text_data):
     (text_data / "folder" / "train" / "unsup" / "0.txt").write_text("no label")
     (text_data / "folder" / "train" / "positive" / "broken.txt").write_bytes(b"\xff\xfe not utf-8")
     data = texts.prepare(DataConfig(source=str(text_data / "folder")), seed=0)
-    assert data.class_names == ["negative", "neutral", "positive"] and len(data.splits["test"]) == 24
+    assert data.class_names == ["negative", "neutral", "positive"] and len(data.splits["test"]) == 36
     assert list(data.skipped) == [str(text_data / "folder" / "train" / "positive" / "broken.txt")]
     (text_data / "folder" / "train" / "positive" / "broken.txt").unlink()
 
@@ -147,8 +147,8 @@ def text_run(text_data, tiny_hf, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("text_run")
     config = make_config(tmp, f"csv:{text_data / 'reviews.csv'}", name="reviews", **{
-        "model.backbone": f"hf:{tiny_hf}", "model.max_seq_length": 24, "phase1.epochs": 8, "phase2.epochs": 2,
-        "phase1.learning_rate": 3e-3, "phase2.learning_rate": 1e-3, "export.verify": True, "phase1.feature_cache": "on"})
+        "model.backbone": f"hf:{tiny_hf}", "model.max_seq_length": 24, "phase1.epochs": 30, "phase2.epochs": 3,
+        "phase1.learning_rate": 1e-2, "phase2.learning_rate": 2e-3, "export.verify": True, "phase1.feature_cache": "on"})
     return recipe.run(config)
 
 
@@ -157,7 +157,7 @@ def test_a_text_run_learns_both_phases_and_exports_strings_in(text_run):
     m = text_run.metrics
     assert m["test"]["accuracy"] > 0.6 and m["phase1"]["test"]["accuracy"] > 0.45  # chance: 1/3
     log = text_run.run.log_file.read_text()
-    assert "Phase 1 trains the head on cached features" in log and "Text defaults:" in log
+    assert "Phase 1 trains the head on cached features" in log and "Text recipe: " in log
     assert text_run.config.phase2.unfreeze == "all" and text_run.config.phase2.weight_decay == 0.01
     assert "Highest-loss examples" in text_run.run.report_file.read_text()
     path = text_run.export_path
@@ -198,13 +198,13 @@ def test_text_export_serves_rest_and_grpc_and_the_commands(text_run, text_data, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     assert lines[0].startswith(f"{tmp_path / 'a.txt'}: ") and lines[1].startswith("stdin:1: ")
-    assert len(lines) == 2 + 120  # one line per text: the file, one stdin line (blank lines skipped), the CSV rows
+    assert len(lines) == 2 + 180  # one line per text: the file, one stdin line (blank lines skipped), the CSV rows
     proc = subprocess.run([sys.executable, "-m", "tf_transfer.evaluate", str(path), "--data",
                            f"csv:{text_data / 'reviews.csv'}", "--output", str(tmp_path / "eval")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert m["num_examples"] == 120 and m["accuracy"] > 0.5
+    assert m["num_examples"] == 180 and m["accuracy"] > 0.5
 
 
 @pytest.mark.slow
@@ -213,7 +213,8 @@ def test_a_tf_hub_encoder_with_its_preprocessor_trains_and_exports(tiny_hub_text
 
     encoder, preprocessor = tiny_hub_text
     config = make_config(tmp_path, f"csv:{text_data / 'reviews.csv'}", name="hubtext", **{
-        "model.backbone": f"hub:{encoder}", "model.preprocessor": f"hub:{preprocessor}", "phase1.epochs": 3,
+        "model.backbone": f"hub:{encoder}", "model.preprocessor": f"hub:{preprocessor}", "model.pooling": "mean",
+        "phase1.epochs": 3,
         "phase2.epochs": 1, "phase1.learning_rate": 3e-3, "export.verify": True})
     result = recipe.run(config)
     assert result.metrics["test"]["accuracy"] > 0.4

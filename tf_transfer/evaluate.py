@@ -1,6 +1,7 @@
 """Evaluate an exported model on labelled data (class names matched by name).
 
     python -m tf_transfer.evaluate saved_models/NAME[/VERSION] --data FOLDER|csv:PATH|tfds:NAME [--split test]
+    python -m tf_transfer.evaluate saved_models/REVIEWS --data csv:reviews.csv --text-column review
 
 Writes metrics.json, metrics.txt, plots and report.html into --output (default: runs/evaluations/...).
 """
@@ -24,6 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="when the data has its own splits, which one to use (default: all images)")
     parser.add_argument("--output", help="folder for metrics, plots and report (default: runs/evaluations/...)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--text-column", default="text", help="a text model's CSV: the column of the texts")
+    parser.add_argument("--label-column", default="label", help="a text model's CSV: the column of the labels")
     parser.add_argument("--tta", action="store_true",
                         help="also score with test-time augmentation (averaged with the horizontal flip)")
     args = parser.parse_args(argv)
@@ -33,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.setup_logging()
         from tf_transfer.workflows import evaluation
 
-        out = evaluation.evaluate_export(args.export, args.data, args.split, args.output, args.batch_size, args.tta)
+        out = evaluation.evaluate_export(args.export, args.data, args.split, args.output, args.batch_size, args.tta,
+                                         {"text_column": args.text_column, "label_column": args.label_column})
         print(f"Report: {out.locate(RunDir.REPORT)}")
         return 0
 

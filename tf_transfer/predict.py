@@ -1,8 +1,12 @@
-"""Predict classes for image files with an exported model, in this process or through a server.
+"""Predict classes for image files (or texts) with an exported model, in this process or through a server.
 
     python -m tf_transfer.predict saved_models/NAME[/VERSION] images_or_folders...
     python -m tf_transfer.predict --server http://localhost:8501 --model NAME images_or_folders...
     python -m tf_transfer.predict --server grpc://localhost:8500 --model NAME images_or_folders...
+    python -m tf_transfer.predict saved_models/REVIEWS review.txt reviews.csv -   # a text model
+
+A text model takes .txt files (one text each), CSV files (one text per row, --text-column) and '-'
+(one text per line of stdin).
 
 Prints the top classes and scores per image (per task for a model with several heads: a multi-label
 task's classes over their thresholds); --output writes them as CSV (path,[task,]rank,class,score). Unreadable images are
@@ -37,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=3, help="classes to print per image")
     parser.add_argument("--timeout", type=float, default=30.0, help="with --server: seconds per request")
     parser.add_argument("--output", metavar="CSV", help="also write path,rank,class,score rows to this file")
+    parser.add_argument("--text", action="store_true", help="with --server: the model takes texts (automatic for "
+                        "a local export, and for .txt/.csv inputs and '-')")
+    parser.add_argument("--text-column", default="text", help="text model, CSV inputs: the column of the texts")
     args = parser.parse_args(argv)
     if args.server and not args.model:
         parser.error("--server needs --model NAME")
@@ -49,10 +56,14 @@ def _predict(args) -> int:
 
     if args.server:
         model = clients.client_for(args.server, args.model, version=args.version, timeout=args.timeout)
-        paths = clients.expand_inputs(args.inputs)
+        inputs = args.inputs
+        text = args.text or any(i == "-" or i.lower().endswith((".txt", ".csv")) for i in inputs)
     else:
         model = clients.LocalModel(args.inputs[0])
-        paths = clients.expand_inputs(args.inputs[1:])
+        inputs, text = args.inputs[1:], model.input_name == "text"
+    if text:
+        return _predict_texts(args, model, inputs)
+    paths = clients.expand_inputs(inputs)
     if not paths:
         raise DataError("no image files given; expected image files or folders after the model")
     results = clients.predict_files(model, paths, args.batch_size,
@@ -72,6 +83,52 @@ def _predict(args) -> int:
         named = any(r.prediction.tasks for r in results if r.prediction)
         folders.write_csv(args.output, [["path", *(["task"] if named else []), "rank", "class", "score"], *rows])
     return 0
+
+
+def _texts(inputs: Sequence[str], text_column: str) -> list[tuple[str, str]]:
+    """(name, text) of every input: a .csv file's rows, stdin's non-empty lines ('-'), a file's whole text."""
+    from tf_transfer.data import texts
+
+    out = []
+    for item in inputs:
+        if item == "-":
+            out += [(f"stdin:{i}", line.rstrip("\n")) for i, line in enumerate(sys.stdin, start=1) if line.strip()]
+        elif item.lower().endswith(".csv"):
+            out += [(f"{item}:{i}", t) for i, t in enumerate(texts.read_texts(item, text_column), start=2)]
+        else:
+            out += [(item, texts.read_texts(item)[0])]
+    return out
+
+
+def _predict_texts(args, model, inputs: Sequence[str]) -> int:
+    """Predict texts in batches; a refused batch is retried one text at a time, so each gets its answer."""
+    from tf_transfer.serving import clients
+
+    items = _texts(inputs, args.text_column)
+    if not items:
+        raise DataError("no texts given; expected .txt or .csv files, or '-' to read lines from stdin")
+    rows, failed = [], 0
+    for start in range(0, len(items), args.batch_size):
+        batch = items[start:start + args.batch_size]
+        try:
+            answers = model.predict_texts([t for _, t in batch])
+        except clients.BadRequest:
+            answers = []
+            for _, t in batch:
+                try:
+                    answers.append(model.predict_texts([t])[0])
+                except clients.BadRequest as e:
+                    answers.append(e)
+        for (name, _), answer in zip(batch, answers, strict=True):
+            if isinstance(answer, Exception):
+                failed += 1
+                print(f"{name}: refused ({answer})", file=sys.stderr)
+                continue
+            print(f"{name}: {answer.describe(args.top_k)}")
+            rows.extend([name, rank, c, f"{score:.6f}"] for _, rank, c, score in answer.rows(args.top_k))
+    if args.output:
+        folders.write_csv(args.output, [["input", "rank", "class", "score"], *rows])
+    return 1 if failed == len(items) else 0
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def _tfds_rows(name: str, data_dir: str) -> tuple[list[tuple[str, str, str]], li
         raise DataError(f"TFDS dataset {name!r} has no (text, label) supervised keys with class names")
     names = list(builder.info.features[keys[1]].names)
     out = []
-    for tfds_split in sorted(builder.info.splits.keys()):
+    for tfds_split in sorted(builder.info.splits.keys() if builder.info.splits else ["train", "test"]):
         ours = _SPLIT_ALIASES.get(tfds_split.lower())
         if ours is None:
             continue
@@ -132,8 +132,8 @@ def _tfds_rows(name: str, data_dir: str) -> tuple[list[tuple[str, str, str]], li
     return out, names
 
 
-def prepare(cfg: DataConfig, seed: int) -> ImageData:
-    """Read the texts, report bad rows, split (seeded, stratified) and check the classes."""
+def read(cfg: DataConfig) -> tuple[list[tuple[str, str, str]], list[str] | None, dict[str, str]]:
+    """(rows of (split, text, label), the dataset's class names if it has them, skipped rows or files)."""
     source, skipped = cfg.source, {}
     names = None
     if source.startswith("csv:"):
@@ -145,6 +145,13 @@ def prepare(cfg: DataConfig, seed: int) -> ImageData:
     else:
         raise DataError(f"--data {source!r}: text data is 'csv:PATH' (with {cfg.text_column!r} and "
                         f"{cfg.label_column!r} columns), a folder of .txt files per class, or 'tfds:NAME'")
+    return rows, names, skipped
+
+
+def prepare(cfg: DataConfig, seed: int) -> ImageData:
+    """Read the texts, report bad rows, split (seeded, stratified) and check the classes."""
+    source = cfg.source
+    rows, names, skipped = read(cfg)
     if skipped:
         listing = "\n".join(f"  {where}: {why}" for where, why in list(skipped.items())[:20])
         if cfg.strict:

@@ -182,9 +182,11 @@ def build_hub(handle: str, preprocessor: str, pooling: str) -> TextBackbone:
                         f"hub:{handle} with {preprocessor}, {'pooled' if pooling == 'auto' else pooling} pooling")
 
 
-def save_hf(encoder: keras.Model, cfg: BertConfig, vocab: list[str], folder: Path, lower_case: bool = True) -> Path:
+def save_hf(encoder: keras.Model, cfg: BertConfig, vocab: list[str], folder: Path, lower_case: bool = True,
+            mean_pooling: bool = False) -> Path:
     """Write an encoder of ours as a Hugging Face BERT checkpoint folder (config.json, model.safetensors,
-    vocab.txt, tokenizer_config.json): the inverse of build_hf."""
+    vocab.txt, tokenizer_config.json; with mean_pooling, a sentence-transformers 1_Pooling/config.json):
+    the inverse of build_hf."""
     from safetensors.numpy import save_file
 
     folder = Path(folder)
@@ -195,4 +197,7 @@ def save_hf(encoder: keras.Model, cfg: BertConfig, vocab: list[str], folder: Pat
     (folder / "config.json").write_text(json.dumps({**cfg.to_hf(), "architectures": ["BertModel"]}, indent=2))
     (folder / "vocab.txt").write_text("".join(f"{t}\n" for t in vocab), encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lower_case}))
+    if mean_pooling:
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     return folder

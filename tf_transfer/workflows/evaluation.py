@@ -42,7 +42,7 @@ def _examples(source: str, split: str, model_classes: list[str]) -> tuple[datase
 
 
 def evaluate_export(export: str, source: str, split: str = "all", output: str | None = None,
-                    batch_size: int = 32, tta: bool = False) -> RunDir:
+                    batch_size: int = 32, tta: bool = False, text_columns: dict | None = None) -> RunDir:
     """Evaluate an exported model on labelled data matched by class name; returns the output folder
     (local, or a URL written through a local mirror like a run folder).
     With `tta`, scores are averaged with the horizontally flipped image's (and both are reported)."""
@@ -51,6 +51,9 @@ def evaluate_export(export: str, source: str, split: str = "all", output: str | 
     path = folders.resolve_export(export)
     if (path / ModelDir.TASKS).is_file():
         return evaluate_tasks(path, source, split, output, batch_size)
+    if json.loads((path / ModelDir.CONFIG).read_text()).get("resolved", {}).get("input") == "text":
+        return evaluate_texts(path, DataConfig(source=source, batch_size=batch_size, **(text_columns or {})),
+                              split, output)
     labels_file = path / ModelDir.LABELS
     if not labels_file.is_file():
         raise ExportError(f"{path} has no {ModelDir.LABELS}; expected an export written by tf_transfer")
@@ -142,5 +145,43 @@ def evaluate_tasks(path, source: str, split: str = "all", output: str | None = N
     plot_paths = report.write_task_plots(out, tasks, m, counts=counts)
     report.write_report(out, f"Evaluation of {path}", "eval", m, plot_paths, skipped=data.skipped,
                         data_summary={"source": source, "counts": {}, "task_counts": counts}, export_path=str(path))
+    out.sync()
+    return out
+
+
+def evaluate_texts(path, cfg: DataConfig, split: str = "all", output: str | None = None) -> RunDir:
+    """Evaluate a text export on labelled texts (a CSV with text and label columns, a .txt folder, TFDS),
+    labels matched to the model's classes by name."""
+    import tensorflow as tf
+
+    from tf_transfer.data import texts
+    from tf_transfer.serving import savedmodel
+
+    model_classes = (path / ModelDir.LABELS).read_text().splitlines()
+    rows, _, skipped = texts.read(cfg)
+    rows = [r for r in rows if split == "all" or r[0] == split]
+    unknown = sorted({label for _, _, label in rows} - set(model_classes))
+    if unknown:
+        raise DataError(f"labels {', '.join(unknown)} in {cfg.source} are not classes of the model (which knows "
+                        f"{', '.join(model_classes)})")
+    if not rows:
+        raise DataError(f"no texts to evaluate in {cfg.source} (split {split})")
+    examples = [sources.Example(text, model_classes.index(label)) for _, text, label in rows]
+    data = datasets.ImageData(model_classes, {"train": [], "val": [], "test": examples}, skipped, cfg.source,
+                              texts.KIND)
+    ds = texts.pipeline(data, "test", cfg, 0)
+    fn = savedmodel.load(path).signatures["serving_default"]
+    labels, probs = metrics_lib.predict(lambda x: fn(text=tf.constant(x))["scores"].numpy(), ds)
+    m = metrics_lib.metrics(labels, probs, model_classes)
+    out = _output(path, output)
+    out.write_json(RunDir.METRICS, m)
+    title = f"{path} on {cfg.source} ({len(examples)} texts, {len(skipped)} skipped)"
+    out.write_text(RunDir.METRICS_TEXT, metrics_lib.format_table(m, title) + "\n")
+    log.info("%s", metrics_lib.format_table(m, title))
+    plot_paths = report.write_plots(out, model_classes, m, ds, labels, probs)
+    report.write_report(out, f"Evaluation of {path}", "eval", m, plot_paths, skipped=skipped,
+                        data_summary={"source": cfg.source, "counts": {n: {"test": m["per_class"][n]["support"]}
+                                                                       for n in model_classes}},
+                        export_path=str(path), worst=report.worst_texts(ds, labels, probs, model_classes))
     out.sync()
     return out

@@ -68,6 +68,10 @@ class Texts(Images):
         self.image_size = config.model.max_seq_length  # what the feature cache keys on as the input size
 
     def prepare_data(self) -> ImageData:
+        p1, p2 = self.config.phase1, self.config.phase2
+        log.info("Text recipe: phase 1 %d epochs on the frozen encoder, then phase 2 unfreezes %s for %d epochs at "
+                 "%g (%s, warm-up %g, weight decay %g)", p1.epochs, p2.unfreeze, p2.epochs, p2.learning_rate,
+                 p2.schedule, p2.warmup, p2.weight_decay)
         return texts.prepare(self.config.data, self.config.seed)
 
     def splits(self, data: ImageData, session: Session) -> Splits:
