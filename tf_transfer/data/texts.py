@@ -179,11 +179,29 @@ def pipeline(data: ImageData, split: str, cfg: DataConfig, seed: int, training: 
     ds = tf.data.Dataset.from_tensor_slices(([e.key for e in examples], [e.label for e in examples]))
     if shard:
         ds = ds.shard(*shard)
+    batch_size = batch_size or cfg.batch_size
     if training:
         ds = ds.shuffle(min(cfg.shuffle_buffer * 8, len(examples)), seed=seed, reshuffle_each_iteration=True)
+        count = len(examples) if not shard else (len(examples) - shard[1] + shard[0] - 1) // shard[0]
+        ds = _similar_lengths(ds, batch_size, seed, -(-count // batch_size))
+    else:
+        ds = ds.batch(batch_size)
     n = data.num_classes
-    ds = ds.batch(batch_size or cfg.batch_size).map(lambda x, y: (x, tf.one_hot(y, n)), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    return ds.map(lambda x, y: (x, tf.one_hot(y, n)), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def _similar_lengths(ds: tf.data.Dataset, batch_size: int, seed: int, batches: int,
+                     window: int = 32) -> tf.data.Dataset:
+    """Batches of shuffled texts of similar length, in shuffled order: the tokenizer pads to the longest
+    text of a batch, so this spends less compute on padding. Texts are sorted by length within windows of
+    `window` batches; the batches then are shuffled again. Every text still comes once per epoch."""
+    def by_length(x, y):
+        order = tf.argsort(tf.strings.length(x), stable=True)
+        return tf.gather(x, order), tf.gather(y, order)
+
+    ds = ds.batch(batch_size * window).map(by_length).unbatch().batch(batch_size)
+    ds = ds.shuffle(window, seed=seed, reshuffle_each_iteration=True)
+    return ds.apply(tf.data.experimental.assert_cardinality(batches))
 
 
 def sample_texts(data: ImageData, count: int = 8) -> list[str]:
