@@ -42,6 +42,7 @@ def _measure(name: str, workdir: Path):
         bench_reliability,
         bench_serving,
         bench_speed,
+        bench_text,
         bench_transfer,
         check_keras3,
     )
@@ -53,6 +54,7 @@ def _measure(name: str, workdir: Path):
         "transfer": lambda: bench_transfer.run(workdir),
         "pretrain": lambda: bench_pretrain.run(workdir),
         "multitask": lambda: bench_multitask.run(workdir),
+        "text": lambda: bench_text.run(workdir),
         "distribute": lambda: bench_distribute.run(workdir),
         "speed": lambda: bench_speed.run(workdir),
         "finetune": lambda: bench_finetune.run(workdir),
@@ -109,8 +111,8 @@ def write_files(results: dict[str, dict]) -> None:
     readme.write_text(text)
 
 
-SECTIONS = ["input_pipeline", "frozen_phase", "serving", "transfer", "pretrain", "multitask", "distribute", "speed",
-            "finetune",
+SECTIONS = ["input_pipeline", "frozen_phase", "serving", "transfer", "pretrain", "multitask", "text", "distribute",
+            "speed", "finetune",
             "reliability", "keras3", "ci"]
 
 

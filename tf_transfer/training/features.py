@@ -217,7 +217,7 @@ def build(folder: Path, material: dict, extract, config: Config, images: data_li
           split: str, image_size: int, views: int, batch_size: int) -> FeatureSet:
     """Compute and write one cache entry; the folder appears only when complete (see folders.atomic_dir)."""
     ds = _extraction_input(config, images, split, image_size, views, batch_size)
-    log.info("Feature cache: computing the features of %d %s images%s into %s", len(images.splits[split]), split,
+    log.info("Feature cache: computing the features of %d %s examples%s into %s", len(images.splits[split]), split,
              f" x {views} augmented views" if views > 1 else "", folder)
     folders.sweep_partials(folder.parent)
     start = time.monotonic()
@@ -228,7 +228,7 @@ def build(folder: Path, material: dict, extract, config: Config, images: data_li
                     "bytes": records.stat().st_size, "sha256": folders.file_digest(str(records))}
         folders.write_json(partial / MANIFEST, manifest)
     seconds = time.monotonic() - start
-    log.info("Feature cache: %d %s images in %.1f s (%.0f views/s), %.1f MB", done, split, seconds,
+    log.info("Feature cache: %d %s examples in %.1f s (%.0f views/s), %.1f MB", done, split, seconds,
              done * views / max(seconds, 1e-9), manifest["bytes"] / 1e6)
     return FeatureSet(folder, done, views, int(dim), built=True)
 
@@ -247,7 +247,7 @@ def _write_records(path: Path, ds, extract, views: int, count: int, split: str) 
             done += n
             if time.monotonic() - last > 10:
                 last = time.monotonic()
-                log.info("Feature cache: %d/%d %s images (%.0f images/s)", done, count, split,
+                log.info("Feature cache: %d/%d %s examples (%.0f per s)", done, count, split,
                          done * views / (last - start))
     return done, dim
 
