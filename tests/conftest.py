@@ -134,6 +134,19 @@ def tiny_hub_text(tmp_path_factory, tiny_hf) -> tuple[Path, Path]:
     return root / "encoder", root / "preprocess"
 
 
+@pytest.fixture(scope="session")
+def text_run(text_data, tiny_hf, tmp_path_factory):
+    """A text classifier on the generated reviews with the tiny checkpoint (both phases, export verified)."""
+    from tf_transfer.workflows import recipe
+
+    tmp = tmp_path_factory.mktemp("text_run")
+    config = make_config(tmp, f"csv:{text_data / 'reviews.csv'}", name="reviews", **{
+        "model.backbone": f"hf:{tiny_hf}", "model.max_seq_length": 24, "phase1.epochs": 30, "phase2.epochs": 3,
+        "phase1.learning_rate": 1e-2, "phase2.learning_rate": 2e-3, "export.verify": True,
+        "phase1.feature_cache": "on"})
+    return recipe.run(config)
+
+
 def save_tiny_backbone(path: Path, seed: int = 0) -> Path:
     """A tiny conv feature extractor ([0, 1] pixels in, pooled features out) saved as a SavedModel:
     a real local TF-Hub handle."""

@@ -130,6 +130,30 @@ def test_the_page_shows_every_task_of_a_model_with_several_heads(browser, multit
         server.stop()
 
 
+@pytest.mark.slow
+def test_the_page_classifies_typed_sentences_with_a_text_model(browser, text_run, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    server = LocalServer([text_run.export_path.parent], port=0, grpc_port=None, poll_seconds=0).start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option[value=reviews]"))
+        Select(browser.find_element(By.ID, "model")).select_by_value("reviews")
+        WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "text").is_displayed())
+        lines = ["a great and wonderful film", "the worst and most boring story"]
+        browser.find_element(By.ID, "text").send_keys("\n".join(lines))
+        browser.find_element(By.ID, "send-text").click()
+        WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .card .bar")) >= 2)
+        cards = browser.find_elements(By.CSS_SELECTOR, "#results .card")
+        shown = [card.find_element(By.CLASS_NAME, "bar").find_element(By.CLASS_NAME, "label").text for card in cards]
+        rest = serving.RestClient(f"http://127.0.0.1:{server.port}", "reviews").predict_texts(lines)
+        assert sorted(shown) == sorted(p.top_classes[0] for p in rest)
+        browser.save_screenshot(str(_shots(tmp_path) / "page_text.png"))
+    finally:
+        server.stop()
+
+
 def test_the_report_renders_in_a_browser(browser, trained_run, tmp_path):
     from selenium.webdriver.common.by import By
 

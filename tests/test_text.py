@@ -138,19 +138,7 @@ def test_tfds_text_datasets_load_through_tfds():
     assert all(isinstance(e.key, str) for e in data.splits["train"])
 
 
-# --- a trained text run on generated texts with the tiny checkpoint, shared by the tests below
-
-
-@pytest.fixture(scope="module")
-def text_run(text_data, tiny_hf, tmp_path_factory):
-    from tf_transfer.workflows import recipe
-
-    tmp = tmp_path_factory.mktemp("text_run")
-    config = make_config(tmp, f"csv:{text_data / 'reviews.csv'}", name="reviews", **{
-        "model.backbone": f"hf:{tiny_hf}", "model.max_seq_length": 24, "phase1.epochs": 30, "phase2.epochs": 3,
-        "phase1.learning_rate": 1e-2, "phase2.learning_rate": 2e-3, "export.verify": True,
-        "phase1.feature_cache": "on"})
-    return recipe.run(config)
+# --- a trained text run on generated texts with the tiny checkpoint (conftest's text_run), shared below
 
 
 @pytest.mark.slow
