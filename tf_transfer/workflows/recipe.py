@@ -2,7 +2,7 @@
 
 :func:`fine_tune` is the method on one screen: the data split, the model with its heads, phase 1 on
 the frozen backbone, phase 2 fine-tuning the top of it, then metrics, export and report. What an
-example is (the modality: images today) and which heads sit on the backbone (from the data's tasks)
+example is (the modality: images or texts) and which heads sit on the backbone (from the data's tasks)
 are its inputs; resuming, the feature cache and the multi-worker file rules live in the objects it
 calls (:class:`~tf_transfer.folders.RunDir`, :class:`~tf_transfer.training.trainer.Trainer`,
 :class:`~tf_transfer.workflows.outputs.Outputs`).
