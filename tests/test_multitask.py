@@ -316,3 +316,16 @@ def test_tuning_searches_a_multitask_recipe_on_the_mean_task_accuracy(manifest, 
     assert len(rows) == 2 and all(0.3 < r["val_accuracy"] <= 1.0 for r in rows)
     best = config_lib.load(tmp_path / "t" / "best_config.json")
     assert best.data.tasks == "shape,tags" and best.model.task_weights == "tags=0.5"
+
+
+@pytest.mark.slow
+def test_a_multitask_run_and_its_export_publish_the_shared_backbone(multitask_run, tmp_path):
+    import tensorflow as tf
+
+    from tf_transfer.folders import PublishedDir
+    from tf_transfer.workflows import publishing
+
+    for source, name in ((multitask_run.run_dir, "from_run"), (multitask_run.export_path, "from_export")):
+        out = publishing.publish(str(source), str(tmp_path / name))
+        features = tf.saved_model.load(str(out))(tf.zeros([1, 64, 64, 3]))
+        assert features.shape[-1] > 0 and PublishedDir(out).card()["input"]["shape"][1] == 64

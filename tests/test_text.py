@@ -225,3 +225,30 @@ def test_fine_tuning_minilm_on_real_tweets_beats_its_frozen_phase(tmp_path):
     result = recipe.run(config)
     m = result.metrics
     assert m["test"]["accuracy"] > m["phase1"]["test"]["accuracy"] and m["test"]["accuracy"] > 0.4
+
+
+def test_an_hf_repo_id_needs_huggingface_hub_or_a_network(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_hub(name, *args, **kwargs):
+        if name == "huggingface_hub":
+            raise ImportError("not installed")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_hub)
+    with pytest.raises(BackboneError, match="a Hugging Face repo id, and huggingface_hub is not installed"):
+        text_backbones.build("hf:some-org/some-model", "pretrained", "", 32)
+
+
+@pytest.mark.slow
+def test_text_runs_reexport_and_refuse_publishing_with_a_message(text_run):
+    from tf_transfer.errors import RunError
+    from tf_transfer.workflows import exporting, publishing
+
+    again = exporting.export_run(text_run.run_dir)
+    assert again.name == "2" and tf.saved_model.load(str(again)).signatures["serving_default"](
+        text=tf.constant(["good"]))["scores"].shape == (1, 3)
+    with pytest.raises(RunError, match="is a text run; publishing covers image backbones so far"):
+        publishing.publish(str(text_run.run_dir), str(again.parent.parent / "published"))

@@ -11,7 +11,7 @@ from tf_transfer.data import datasets
 from tf_transfer.errors import RunError
 from tf_transfer.folders import RunDir
 from tf_transfer.serving import savedmodel
-from tf_transfer.workflows.images import Images
+from tf_transfer.workflows import recipe
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def export_run(run_dir: str | Path, tflite: Sequence[str] = ()) -> Path:
     if not run.has_weights("final"):
         raise RunError(f"{run.location} has no final weights; expected a run folder that finished training")
     with run.logging():
-        modality = Images(config)
+        modality = recipe.modality_for(config)  # images or texts
         data = datasets.load_split(run)
         model = modality.rebuild(modality.heads(data), run.weights_file("final"))
         metrics = run.read_json(RunDir.METRICS, {})

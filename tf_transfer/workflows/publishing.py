@@ -67,10 +67,14 @@ def load(source: str) -> Source:
 def _from_run(run: RunDir) -> Source:
     from tf_transfer.data import datasets
     from tf_transfer.workflows.images import Images
+    from tf_transfer.workflows.texts import is_text
 
     config = config_lib.load(run.config_file)
     if not run.has_weights("final"):
         raise RunError(f"{run.location} has no final weights; expected a run folder that finished training")
+    if is_text(config):
+        raise RunError(f"{run.location} is a text run; publishing covers image backbones so far (a text encoder is "
+                       "published with its preprocessing model in a later version)")
     modality = Images(config)
     data = datasets.load_split(run)
     model = modality.rebuild(modality.heads(data), run.weights_file("final"))
@@ -87,7 +91,9 @@ def _from_export(version: Path | GPath) -> Source:
     except Exception as e:
         raise RunError(f"{version} could not be loaded as a tf_transfer export: {str(e).splitlines()[0]}") from e
     config = json.loads((version / ModelDir.CONFIG).read_text())
-    labels = (version / ModelDir.LABELS).read_text().splitlines()
+    if config.get("resolved", {}).get("input") == "text":
+        raise RunError(f"{version} is a text model; publishing covers image backbones so far")
+    labels = [f"{t.prefix}{c}" for t in savedmodel.export_tasks(version) for c in t.class_names]  # every task's
     metrics = folders.read_json(version / ModelDir.METRICS, {}) or {}
     return Source(model, {"export": f"{version.parent.name}/{version.name}"}, config, labels, metrics)
 
