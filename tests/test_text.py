@@ -14,6 +14,7 @@ import tensorflow as tf
 from tf_transfer.config import DataConfig
 from tf_transfer.data import texts
 from tf_transfer.errors import BackboneError, DataError
+from tf_transfer.folders import RunDir
 from tf_transfer.models import text, text_backbones
 from tf_transfer.models.tokenizer import BertTokenize
 
@@ -78,7 +79,7 @@ def test_hf_checkpoint_round_trip_and_clear_errors(tiny_hf, tmp_path):
     save_file(tensors, str(broken / "model.safetensors"))
     with pytest.raises(BackboneError, match=r"does not fit config.json: missing encoder.layer.1.attention.self.key"):
         text_backbones.build(f"hf:{broken}", "pretrained", "", 32, "auto")
-    (broken / "config.json").write_text(json.dumps({"model_type": "gpt2", "hidden_act": "gelu_new"}))
+    (broken / text_backbones.HF_CONFIG).write_text(json.dumps({"model_type": "gpt2", "hidden_act": "gelu_new"}))
     with pytest.raises(BackboneError, match="model_type 'gpt2'"):
         text_backbones.build(f"hf:{broken}", "pretrained", "", 32, "auto")
     with pytest.raises(BackboneError, match="no such folder"):
@@ -192,7 +193,7 @@ def test_text_export_serves_rest_and_grpc_and_the_commands(text_run, text_data, 
                            f"csv:{text_data / 'reviews.csv'}", "--output", str(tmp_path / "eval")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "eval" / RunDir.METRICS).read_text())
     assert m["num_examples"] == 180 and m["accuracy"] > 0.5
 
 

@@ -30,6 +30,7 @@ from tf_transfer.models.tokenizer import BertTokenize, read_vocab, require_text_
 
 log = logging.getLogger(__name__)
 POOLINGS = ("auto", "pooled", "mean")
+HF_CONFIG, HF_WEIGHTS, HF_VOCAB = "config.json", "model.safetensors", "vocab.txt"  # a checkpoint folder's files
 
 
 @dataclass
@@ -73,7 +74,7 @@ def hf_folder(location: str) -> Path:
         raise BackboneError(f"hf:{location} is a Hugging Face repo id, and huggingface_hub is not installed; "
                             "pip install huggingface_hub, or download the repo and pass hf:/path/to/folder") from None
     try:
-        return Path(snapshot_download(location, allow_patterns=["*.json", "*.txt", "model.safetensors"]))
+        return Path(snapshot_download(location, allow_patterns=["*.json", "*.txt", HF_WEIGHTS]))
     except Exception as e:
         raise BackboneError(f"hf:{location} could not be downloaded ({str(e).splitlines()[0] if str(e) else e}). "
                             "Without internet access, copy the repo's folder here and pass hf:/path/to/folder") from e
@@ -88,20 +89,20 @@ def _json(path: Path) -> dict:
 
 def build_hf(location: str, weights: str, max_seq_length: int, pooling: str) -> TextBackbone:
     folder = hf_folder(location)
-    for name in ("config.json", "vocab.txt"):
+    for name in (HF_CONFIG, HF_VOCAB):
         if not (folder / name).is_file():
             raise BackboneError(f"hf:{location}: {folder} has no {name}; expected a BERT-family checkpoint folder "
                                 "(config.json, model.safetensors, vocab.txt)")
-    cfg = BertConfig.from_hf(_json(folder / "config.json"), str(folder / "config.json"))
+    cfg = BertConfig.from_hf(_json(folder / HF_CONFIG), str(folder / HF_CONFIG))
     if max_seq_length > cfg.max_position:
         raise BackboneError(f"--max-seq-length {max_seq_length}: hf:{location} has {cfg.max_position} positions")
-    mean = _json(folder / "1_Pooling" / "config.json").get("pooling_mode_mean_tokens", False)
+    mean = _json(folder / "1_Pooling" / HF_CONFIG).get("pooling_mode_mean_tokens", False)
     chosen = pooling if pooling != "auto" else ("mean" if mean else "pooled")
     encoder = bert_encoder(cfg, with_pooler=chosen == "pooled")  # an unused pooler would count as a layer
     if weights != "none":
-        load_safetensors(encoder, cfg, folder / "model.safetensors")
+        load_safetensors(encoder, cfg, folder / HF_WEIGHTS)
     lower = _json(folder / "tokenizer_config.json").get("do_lower_case", True)
-    tokenize = BertTokenize(read_vocab(folder / "vocab.txt"), lower, max_seq_length, name="preprocess")
+    tokenize = BertTokenize(read_vocab(folder / HF_VOCAB), lower, max_seq_length, name="preprocess")
     description = (f"hf:{location} (BERT {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
                    f"{'random init' if weights == 'none' else 'pretrained'}), {chosen} pooling")
     return TextBackbone(tokenize, encoder, chosen, description)
@@ -193,11 +194,11 @@ def save_hf(encoder: keras.Model, cfg: BertConfig, vocab: list[str], folder: Pat
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {key: np.ascontiguousarray(v.numpy().T if transpose else v.numpy())
                for v, key, transpose in _assignments(encoder, cfg)}
-    save_file(tensors, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({**cfg.to_hf(), "architectures": ["BertModel"]}, indent=2))
-    (folder / "vocab.txt").write_text("".join(f"{t}\n" for t in vocab), encoding="utf-8")
+    save_file(tensors, str(folder / HF_WEIGHTS))
+    (folder / HF_CONFIG).write_text(json.dumps({**cfg.to_hf(), "architectures": ["BertModel"]}, indent=2))
+    (folder / HF_VOCAB).write_text("".join(f"{t}\n" for t in vocab), encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lower_case}))
     if mean_pooling:
         (folder / "1_Pooling").mkdir(exist_ok=True)
-        (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+        (folder / "1_Pooling" / HF_CONFIG).write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     return folder
