@@ -126,6 +126,7 @@ def test_two_worker_processes_train_together_and_only_the_chief_exports(shapes_d
     assert RunDir(run_dir, chief=False, worker=1).log_file.is_file() and RunDir(run_dir).metrics_file.is_file()
 
 
+@pytest.mark.slow  # a minute: in the slow suite since the default one passed ten minutes
 def test_sigterm_saves_a_checkpoint_and_resume_continues(shapes_dir, tmp_path):
     args = [sys.executable, "-m", "tf_transfer.train", "--data", str(shapes_dir), "--name", "pre",
             "--runs-dir", str(tmp_path / "runs"), "--image-size", "32", "--batch-size", "8",

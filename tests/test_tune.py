@@ -27,6 +27,7 @@ def _tune_cmd(shapes_dir, tmp_path, trials, directory):
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+@pytest.mark.slow  # most of a minute: in the slow suite since the default one passed ten minutes
 def test_search_runs_both_phases_and_the_best_config_reproduces(shapes_dir, tmp_path):
     directory = tmp_path / "tuning"
     proc = subprocess.run(_tune_cmd(shapes_dir, tmp_path, 3, directory), capture_output=True, text=True,
