@@ -79,7 +79,8 @@ class ModelConfig:
                         "(text encoders: their checkpoint's weights unless 'none').")
     preprocessor: str = _opt("", "Text: 'hub:PREPROCESS', the TF-Hub preprocessing model of a 'hub:' BERT encoder "
                              "(hf: checkpoints tokenise with their own vocab.txt).")
-    max_seq_length: int = _opt(128, "Text: tokens per example, [CLS] and [SEP] included (longer texts are cut).")
+    max_seq_length: int = _opt(128, "Text, hf: checkpoints: tokens per example, [CLS] and [SEP] included (longer "
+                               "texts are cut; a hub: preprocessor applies its own).")
     pooling: str = _opt("auto", "Text: the encoder's 'pooled' output or the 'mean' of its token outputs; 'auto' "
                         "takes mean for sentence-transformers checkpoints, else pooled.",
                         choices=("auto", "pooled", "mean"))
