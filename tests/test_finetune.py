@@ -129,13 +129,15 @@ def test_a_stage_that_does_not_beat_the_best_so_far_is_rolled_back(shapes_dir, t
 def test_tta_in_evaluation_and_in_the_export(trained_run, tmp_path):
     from tf_transfer.data import datasets
     from tf_transfer.serving import savedmodel
+    from tf_transfer.tasks import Task
     from tf_transfer.workflows.outputs import evaluate_splits
 
     config = trained_run.config
     data = datasets.load_split(RunDir(trained_run.run_dir))
     val = {"val": datasets.pipeline(data, "val", config.data, 64, config.seed, batch_size=16)}
-    plain = evaluate_splits(trained_run.model, val, trained_run.class_names, config)
-    flipped = evaluate_splits(trained_run.model, val, trained_run.class_names, config, tta=True)
+    tasks = [Task("", tuple(trained_run.class_names))]
+    plain = evaluate_splits(trained_run.model, val, tasks, config)
+    flipped = evaluate_splits(trained_run.model, val, tasks, config, tta=True)
     assert plain["val"]["num_examples"] == flipped["val"]["num_examples"] > 0
     assert plain["val"]["log_loss"] != flipped["val"]["log_loss"]
     spec = savedmodel.ExportSpec(trained_run.class_names, 64, {}, {}, samples=savedmodel.synthetic_images(64),
