@@ -107,25 +107,25 @@ def _train(config: config_lib.Config) -> dict:
             "export": str(result.export_path) if result.export_path else None}
 
 
-def serving_throughput(export: str, texts: list[str], batch: int = 32, repeats: int = 5) -> dict:
-    """Texts per second through the string signature: in process, and through the local REST server."""
-    local = serving.LocalModel(export)
-    sample = texts[:batch]
-    local.predict_texts(sample)
-    in_process = []
+def _rates(model, sample: list[str], repeats: int) -> list[float]:
+    """Texts per second of `model.predict_texts(sample)`, after one warm-up call."""
+    model.predict_texts(sample)
+    out = []
     for _ in range(repeats):
         start = time.perf_counter()
-        local.predict_texts(sample)
-        in_process.append(batch / (time.perf_counter() - start))
+        model.predict_texts(sample)
+        out.append(len(sample) / (time.perf_counter() - start))
+    return out
+
+
+def serving_throughput(export: str, texts: list[str], batch: int = 32, repeats: int = 5) -> dict:
+    """Texts per second through the string signature: in process, and through the local REST server."""
+    sample = texts[:batch]
+    in_process = _rates(serving.LocalModel(export), sample, repeats)
     server = serve.LocalServer([Path(export).parent], port=0, grpc_port=None).start()
     try:
         client = serving.RestClient(f"http://127.0.0.1:{server.port}", Path(export).parent.name, timeout=120)
-        client.predict_texts(sample)
-        rest = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            client.predict_texts(sample)
-            rest.append(batch / (time.perf_counter() - start))
+        rest = _rates(client, sample, repeats)
     finally:
         server.stop()
     return {"batch": batch, "in_process_texts_per_s": spread(in_process), "rest_texts_per_s": spread(rest)}
