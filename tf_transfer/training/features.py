@@ -95,7 +95,7 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, {h.name: h(inputs) for h in heads}, name="head_on_features")
 
 
-def extractor(model: keras.Model, image_size: int = 0):
+def extractor(model: keras.Model):
     """A traced function: input batch (images, or strings for a text model) -> head-input features (one
     trace serves every split and batch size)."""
     features_of = feature_model(model)
@@ -265,7 +265,7 @@ def ensure(model: keras.Model, config: Config, images: data_lib.ImageData, split
         log.info("Feature cache: reusing %d %s feature vectors x %d view(s) from %s", found.count, split,
                  found.views, folder)
         return found
-    extract = extract or extractor(model, image_size)
+    extract = extract or extractor(model)
     # Inference needs no gradients or optimizer state: larger batches keep the cores busier.
     return build(folder, material, extract, config, images, split, image_size, views, max(batch_size, 64 // views))
 

@@ -131,7 +131,7 @@ class Images:
         if root is None:
             return None
         views = features.effective_views(c)
-        shared = {"extract": features.extractor(model, size),
+        shared = {"extract": features.extractor(model),
                   "weights": features.weights_digest(model.get_layer("backbone"))}
         train = features.ensure(model, c, data, "train", size, root, views, batch, **shared)
         val = features.ensure(model, c, data, "val", size, root, 1, batch, **shared) if data.splits["val"] else None
