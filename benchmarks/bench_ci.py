@@ -1,7 +1,11 @@
-"""How long the README's two set-up commands take here: the main job (each time with an empty cache, as
-on a fresh machine) and the default test suite.
+"""What CI costs here: the README's main job (each time with an empty cache, as on a fresh machine), the
+default and slow test suites (wall time per test file and the slowest tests), and the line coverage of
+`tf_transfer/` each suite buys (subprocesses included), from the same code.
 
-    python -m benchmarks.bench_ci [--repeats 3] [--no-tests]     # prints JSON
+    python -m benchmarks.bench_ci [--repeats 3] [--suites default,slow] [--no-coverage] [--xdist 2] [--out F]
+
+Timings come from plain runs; coverage from separate runs under `coverage run` (tracing slows Python), so
+the figures a developer waits for are not inflated by the measurement of coverage.
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
+from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.common import spread
 
 ROOT = Path(__file__).resolve().parents[1]
+SUITES = {"default": [], "slow": ["-m", "slow"]}
+SLOWEST = 30
 
 
 def main_job(repeats: int = 3) -> dict:
@@ -33,23 +41,108 @@ def main_job(repeats: int = 3) -> dict:
     return spread(seconds)
 
 
-def test_suite() -> dict:
+def _timings(junit: Path) -> dict:
+    """Per-file totals and the slowest tests from pytest's JUnit XML (setup and teardown included, so a
+    session fixture's cost lands on the first test that asks for it)."""
+    per_file: dict[str, float] = defaultdict(float)
+    tests = []
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        seconds = float(case.get("time", 0))
+        file = case.get("classname", "").split(".")[1] if "." in case.get("classname", "") else "?"
+        per_file[f"tests/{file}.py"] += seconds
+        tests.append({"test": f"{file}::{case.get('name')}", "seconds": round(seconds, 1)})
+    tests.sort(key=lambda t: -t["seconds"])
+    return {"per_file": {k: round(v, 1) for k, v in sorted(per_file.items(), key=lambda kv: -kv[1])},
+            "slowest": tests[:SLOWEST], "tests": len(tests)}
+
+
+def _pytest(args: list[str], workdir: Path, prefix: list[str] | None = None, env: dict | None = None) -> dict:
+    junit = workdir / "junit.xml"
+    cmd = [*(prefix or [sys.executable]), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
+           *args]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     seconds = time.monotonic() - started
     summary = next((line for line in reversed(proc.stdout.splitlines()) if re.search(r"\d+ (passed|failed)", line)),
                    "")
-    return {"seconds": seconds, "summary": summary.strip("= "), "returncode": proc.returncode}
+    reported = re.search(r" in ([\d.]+)s", summary)
+    out = {"seconds": round(seconds, 1), "pytest_seconds": float(reported.group(1)) if reported else None,
+           "summary": summary.strip("= "), "returncode": proc.returncode}
+    if proc.returncode:
+        out["failures"] = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))][:20]
+    return {**out, **(_timings(junit) if junit.exists() else {})}
 
 
-def run(repeats: int = 3, tests: bool = True) -> dict:
-    return {"main_job_seconds": main_job(repeats), "test_suite": test_suite() if tests else None}
+def suite(name: str, workdir: Path, xdist: int = 0) -> dict:
+    """One plain run of a suite (optionally over `xdist` pytest-xdist workers)."""
+    folder = Path(tempfile.mkdtemp(dir=workdir, prefix=f"{name}-"))
+    return _pytest([*SUITES[name], *(["-n", str(xdist)] if xdist else [])], folder)
+
+
+def _rcfile(workdir: Path) -> Path:
+    rc = workdir / "coveragerc"
+    # absolute paths: tests start subprocesses in other folders, whose data files must land here too
+    rc.write_text(f"[run]\nsource = {ROOT / 'tf_transfer'}\nparallel = true\npatch = subprocess\n"
+                  f"data_file = {workdir / '.coverage'}\n")
+    return rc
+
+
+def _covered(rc: Path, data_files: list[Path], workdir: Path) -> dict:
+    combined = workdir / f"combined-{len(data_files)}"
+    env = {**os.environ, "COVERAGE_FILE": str(combined)}
+    subprocess.run([sys.executable, "-m", "coverage", "combine", "--keep", "-q", f"--rcfile={rc}",
+                    *map(str, data_files)], check=True, cwd=ROOT, env=env)
+    report = workdir / "coverage.json"
+    subprocess.run([sys.executable, "-m", "coverage", "json", "-q", f"--rcfile={rc}", f"--data-file={combined}",
+                    "-o", str(report)], check=True, cwd=ROOT)
+    totals = json.loads(report.read_text())["totals"]
+    return {"percent": round(totals["percent_covered"], 2), "lines": totals["num_statements"],
+            "covered": totals["covered_lines"]}
+
+
+def coverage(names: list[str], workdir: Path) -> dict:
+    """Line coverage of tf_transfer/ for each suite in turn and for the suites together."""
+    rc = _rcfile(workdir)
+    runs, files, out = {}, [], {}
+    for i, name in enumerate(names):
+        folder = workdir / f"cov-{name}"
+        folder.mkdir()
+        before = set(workdir.glob(".coverage.*"))
+        runs[name] = _pytest(SUITES[name], folder, prefix=[sys.executable, "-m", "coverage", "run", f"--rcfile={rc}"])
+        files += sorted(set(workdir.glob(".coverage.*")) - before)
+        out["+".join(names[: i + 1])] = _covered(rc, list(files), workdir)
+    return {"runs": {k: {"seconds": v["seconds"], "summary": v["summary"], "returncode": v["returncode"]}
+                     for k, v in runs.items()}, **out}
+
+
+def run(repeats: int = 3, suites: tuple[str, ...] = ("default", "slow"), with_coverage: bool = True,
+        xdist: int = 0) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        out = {"main_job_seconds": main_job(repeats) if repeats else None,
+               "suites": {name: suite(name, work) for name in suites}}
+        if xdist:
+            out["xdist"] = {"workers": xdist, "default": suite("default", work, xdist)}
+        if with_coverage:
+            cov = work / "coverage"
+            cov.mkdir()
+            out["coverage"] = coverage(list(suites), cov)
+    return out
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-tests", action="store_true")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ci")
+    parser.add_argument("--repeats", type=int, default=3, help="main-job repeats (0: skip the main job)")
+    parser.add_argument("--suites", default="default,slow", help="comma list of default, slow")
+    parser.add_argument("--no-coverage", action="store_true")
+    parser.add_argument("--xdist", type=int, default=0, help="also time the default suite over N xdist workers")
+    parser.add_argument("--out", type=Path, help="write the JSON here as well")
     args = parser.parse_args()
-    print(json.dumps(run(args.repeats, not args.no_tests), indent=2))
+    names = tuple(n for n in args.suites.split(",") if n)
+    if set(names) - set(SUITES):
+        parser.error(f"--suites: expected some of {', '.join(SUITES)}, got {args.suites!r}")
+    result = json.dumps(run(args.repeats, names, not args.no_coverage, args.xdist), indent=2)
+    if args.out:
+        args.out.write_text(result + "\n")
+    print(result)
