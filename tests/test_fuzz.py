@@ -21,7 +21,7 @@ from PIL import Image
 
 from tf_transfer.data import images
 
-from .test_hardening import gif, webp_animated_header, webp_lossless_header
+from .test_hardening import FRAME_BOMBS, gif, gif_frame, webp_animated_header, webp_canvas, webp_lossless_header
 from .test_server_hardening import model_root, predict_request, raw_request, server  # noqa: F401 - fixtures
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
@@ -36,7 +36,9 @@ def _encoded(fmt: str, size: int = 24) -> bytes:
 
 
 SEEDS = [_encoded("JPEG"), _encoded("PNG"), _encoded("BMP"), _encoded("WEBP"), gif(2, 20),
-         webp_lossless_header(3000, 3000), webp_animated_header()]
+         webp_lossless_header(3000, 3000), webp_animated_header(),
+         # headers that understate their frames, and near misses that decode
+         *FRAME_BOMBS.values(), gif_frame((20, 20), (2, 2, 10, 10)), webp_canvas((30, 30), (30, 30))]
 
 
 @st.composite

@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,82 @@ def webp_animated_header() -> bytes:
     payload = bytes([0x02, 0, 0, 0]) + (99).to_bytes(3, "little") + (99).to_bytes(3, "little")
     chunk = b"VP8X" + struct.pack("<I", len(payload)) + payload
     return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk + b"\x00" * 8
+
+
+def _lzw_one_colour(pixels: int, min_code: int = 2) -> bytes:
+    """The GIF LZW stream (sub-blocks included) of `pixels` pixels of colour 0, as giflib's encoder writes
+    it; a run is coded in strings of growing length, so 64 megapixels take about 50 KB."""
+    clear, eoi = 1 << min_code, (1 << min_code) + 1
+    codes, bits = [], []
+    state = {"next": eoi + 1, "bits": min_code + 1}
+
+    def emit(code):
+        codes.append(code)
+        bits.append(state["bits"])
+        if state["next"] >= 1 << state["bits"] and state["bits"] < 12:
+            state["bits"] += 1
+
+    emit(clear)
+    longest, current, left = 1, 1, pixels - 1  # table strings: runs of length 2..longest
+    while left:
+        grow = min(longest - current, left)
+        current, left = current + grow, left - grow
+        if not left:
+            break
+        left -= 1  # the pixel that no string extends to: it starts the next one
+        emit(0 if current == 1 else eoi + current - 1)
+        current = 1
+        if state["next"] >= 4095:
+            emit(clear)
+            state.update(next=eoi + 1, bits=min_code + 1)
+            longest = 1
+        else:
+            state["next"] += 1
+            longest += 1
+    emit(0 if current == 1 else eoi + current - 1)
+    emit(eoi)
+    packed, shift = 0, 0
+    for code, width in zip(codes, bits, strict=True):
+        packed |= code << shift
+        shift += width
+    data = packed.to_bytes((shift + 7) // 8, "little")
+    blocks = b"".join(bytes([len(data[i:i + 255])]) + data[i:i + 255] for i in range(0, len(data), 255))
+    return bytes([min_code]) + blocks + b"\x00"
+
+
+def gif_frame(screen: tuple[int, int], frame: tuple[int, int, int, int]) -> bytes:
+    """A valid GIF whose logical screen claims `screen` (width, height) and whose one image holds `frame`
+    (left, top, width, height) of one colour: small, but giflib allocates the frame's area and TensorFlow
+    sizes its output from it."""
+    left, top, width, height = frame
+    header = b"GIF89a" + struct.pack("<HH", *screen) + bytes([0, 0, 0])  # no global colour table
+    descriptor = b"\x2c" + struct.pack("<HHHH", left, top, width, height) + bytes([0x80])  # 2-colour local table
+    return header + descriptor + b"\x00\x00\x00\xff\xff\xff" + _lzw_one_colour(width * height) + b"\x3b"
+
+
+def webp_canvas(canvas: tuple[int, int], frame: tuple[int, int]) -> bytes:
+    """An extended (VP8X) WebP whose canvas claims `canvas` and whose lossless frame claims `frame`
+    (width, height), after an ICCP chunk as cameras write them."""
+    vp8x = b"VP8X" + struct.pack("<I", 10) + bytes([0x20, 0, 0, 0]) + (canvas[0] - 1).to_bytes(3, "little") + (
+        canvas[1] - 1).to_bytes(3, "little")
+    iccp = b"ICCP" + struct.pack("<I", 5) + b"\x00" * 5 + b"\x00"  # an odd size: padded to even
+    image = webp_lossless_header(*frame)[12:]
+    body = vp8x + iccp + image
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+def png_without_ihdr_first() -> bytes:
+    """A PNG whose first chunk is not IHDR: the bytes where IHDR's size would be say 1 x 1."""
+    text = b"tEXt" + b"\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00"
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + text + b"\x00" * 4
+
+
+# Files whose headers understate what decoding them costs (64 megapixels or more each, about 44 KB at most)
+FRAME_BOMBS = {
+    "GIF screen smaller than its frame": gif_frame((1, 1), (0, 0, 8000, 8000)),
+    "GIF frame offset outside the screen": gif_frame((100, 100), (65000, 0, 100, 4000)),
+    "WebP canvas smaller than its frame": webp_canvas((1, 1), (16384, 16384)),
+}
 
 
 def gif(frames: int, size: int = 60) -> bytes:
@@ -78,6 +155,26 @@ def test_header_sizes_of_every_format():
     assert info(buf.getvalue())[:3] == [5, 20, 30]
 
 
+@pytest.mark.parametrize("name", FRAME_BOMBS)
+def test_frames_larger_than_their_headers_claim_are_refused_before_decoding(name):
+    decoder = tf.function(lambda b: images.checked_decode(b, 32, 50_000_000))  # in a graph, as exported
+    started = time.monotonic()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="larger than the limit of 50000000 pixels"):
+        decoder(tf.constant(FRAME_BOMBS[name]))
+    assert time.monotonic() - started < 1
+
+
+def test_a_frame_that_fits_its_screen_is_still_decoded_and_headers_report_the_larger_size():
+    info = lambda b: images.header_info(tf.constant(b)).numpy().tolist()  # noqa: E731
+    assert info(FRAME_BOMBS["GIF screen smaller than its frame"]) == [3, 8000, 8000, 1]
+    assert info(gif_frame((100, 100), (65000, 0, 100, 4000))) == [3, 4000, 65100, 1]
+    assert info(gif_frame((50, 40), (10, 5, 20, 20))) == [3, 40, 50, 1]  # inside the screen: the screen
+    assert info(webp_canvas((1, 1), (16384, 16384))) == [5, 16384, 16384, 1]
+    assert info(webp_canvas((300, 200), (30, 20))) == [5, 200, 300, 1]
+    assert "first chunk must be IHDR" in _decode_error(png_without_ihdr_first(), 50_000_000)
+    assert _decode_error(gif(2, 20), 50_000_000) == ""
+
+
 def test_every_format_is_bounded_before_decoding():
     assert "larger than the limit of 50000000 pixels" in _decode_error(webp_lossless_header(16384, 16384), 50_000_000)
     assert "larger than the limit of 10000 pixels" in _decode_error(gif(3), 10_000)  # 60 x 60 x 3 frames
@@ -89,7 +186,7 @@ def test_every_format_is_bounded_before_decoding():
 
 def test_the_export_refuses_the_same_files(trained_run):
     fn = tf.saved_model.load(str(trained_run.export_path)).signatures["serving_default"]
-    for blob in (webp_lossless_header(16384, 16384), b"\x00" * 64):
+    for blob in (webp_lossless_header(16384, 16384), b"\x00" * 64, *FRAME_BOMBS.values()):
         with pytest.raises(tf.errors.InvalidArgumentError):
             fn(image_bytes=tf.constant([blob]))
 
@@ -98,11 +195,14 @@ def test_the_data_scan_skips_oversized_webp_and_gif(tmp_path):
     root = demo.write_shapes(tmp_path / "imgs", classes=("circle", "square"), per_class=4, size=32)
     (root / "circle" / "bomb.webp").write_bytes(webp_lossless_header(16384, 16384))
     (root / "circle" / "many.gif").write_bytes(gif(5))
+    for i, blob in enumerate(FRAME_BOMBS.values()):
+        (root / "square" / f"frame{i}.{'webp' if blob.startswith(b'RIFF') else 'gif'}").write_bytes(blob)
     data = datasets.prepare(DataConfig(source=str(root), max_image_pixels=10_000, val_fraction=0.0,
                                        test_fraction=0.0), seed=0)
     reasons = {Path(p).name: r for p, r in data.skipped.items()}
     assert "larger than the limit of 10000 pixels" in reasons["bomb.webp"]
     assert "larger than the limit of 10000 pixels" in reasons["many.gif"]
+    assert sum("larger than the limit of 10000 pixels" in r for n, r in reasons.items() if n.startswith("frame")) == 3
 
 
 # --- export: verify before publishing, no training data, version folders ----------------------------------

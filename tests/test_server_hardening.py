@@ -23,7 +23,7 @@ from tf_transfer.folders import ModelDir
 from tf_transfer.serving import rest
 from tf_transfer.serving import server as serve
 
-from .test_hardening import jpeg
+from .test_hardening import FRAME_BOMBS, jpeg
 
 
 def predict_request(model: str, signature: str, name: str, dtype, dims: list[int], values: list[int]):
@@ -197,6 +197,34 @@ def test_batches_are_refused_before_anything_is_decoded(server):
     status, answer = post(server.port, "/v1/models/shapes:predict", body)
     assert status == 400 and "exceeds this server's limit of 16" in answer["error"]
     assert time.monotonic() - started < 2.0
+
+
+def peak_rss_growth_mb(action) -> float:
+    """How far this process's peak resident memory rises while `action` runs (the kernel's high-water
+    mark is reset first, so an earlier peak cannot hide this one)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kb("VmRSS")
+    action()
+    return (_status_kb("VmHWM") - before) / 1024
+
+
+def _status_kb(field: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
+def test_frames_larger_than_their_headers_are_400_at_once_without_memory(server):
+    answers = []
+    for name, blob in FRAME_BOMBS.items():
+        body = json.dumps({"instances": [{"b64": base64.b64encode(blob).decode()}] * 4}).encode()
+        started = time.monotonic()
+        growth = peak_rss_growth_mb(lambda body=body: answers.append(post(server.port, "/v1/models/shapes:predict",
+                                                                          body)))
+        status, answer = answers[-1]
+        assert status == 400 and "larger than the limit" in answer["error"], (name, status, answer)
+        assert time.monotonic() - started < 1.0, name
+        assert growth < 100, (name, growth)
 
 
 def test_internal_errors_say_nothing_inside(server, monkeypatch, caplog):

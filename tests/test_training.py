@@ -1,6 +1,7 @@
 """Two-phase training: what each phase trains, hub backbones, and resuming a killed run."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -169,11 +170,37 @@ def test_run_killed_in_phase2_resumes_in_phase2(shapes_dir, tmp_path):
     assert abs(correct(resumed_m) - correct(whole_m)) <= 3, (correct(resumed_m), correct(whole_m))
 
 
-def test_cli_reports_a_data_error_without_traceback(tmp_path):
+TF_NOISE = re.compile(r"^([IWEF]\d{4} \d\d:|WARNING: All log messages before absl)")
+
+
+def test_the_main_job_starts_with_its_own_lines_and_names_its_devices(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a newcomer's shell
+    env["TF_TRANSFER_CACHE"] = str(tmp_path / "cache")
+    proc = subprocess.Popen([sys.executable, "-m", "tf_transfer.train", "--runs-dir", str(tmp_path / "runs"),
+                             "--export-dir", str(tmp_path / "saved_models")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        for line in proc.stdout:  # the start, up to the data summary: no need to train
+            lines.append(line.rstrip("\n"))
+            if line.startswith("Data:") or len(lines) > 20:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert lines[0].startswith("Devices: the CPU (") and "no GPU found" in lines[0], lines
+    assert lines[1].startswith("Generating the demo dataset"), lines
+    assert not [line for line in lines if TF_NOISE.match(line) or "cuInit" in line or "oneDNN" in line], lines
+
+
+def test_cli_reports_a_data_error_without_traceback_and_a_users_log_level_wins(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tf_transfer.train", "--data", str(tmp_path / "nowhere"),
-                          "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+                          "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert out.returncode == 2
     assert "does not exist" in out.stdout + out.stderr and "Traceback" not in out.stdout + out.stderr
+    assert any(TF_NOISE.match(line) for line in out.stderr.splitlines()), "TF_CPP_MIN_LOG_LEVEL=0 shows TF's lines"
+    assert out.stdout.startswith("Devices: ")
 
 
 def test_keras_batch_timing_warning_is_hidden_only_while_fitting():

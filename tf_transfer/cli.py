@@ -6,9 +6,11 @@ Imports no TensorFlow: ``--help`` must answer at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -64,9 +66,63 @@ def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> 
     return logs.setup(log_file, verbose)
 
 
-def quiet_tensorflow() -> None:
-    """Hide TensorFlow's C++ start-up chatter unless the user asked for it (call before importing TF)."""
+def quiet_tensorflow() -> bool:
+    """Quiet defaults for TensorFlow's C++ and Python logging (call before importing TensorFlow); a
+    TF_CPP_MIN_LOG_LEVEL of the user's own wins. Returns whether the defaults apply (the user set none)."""
+    ours = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if ours:
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)  # deprecation notices meant for TF developers
+    return ours
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """File descriptor 2 into a temporary file while the block runs (C++ libraries write there directly,
+    whatever sys.stderr is); yields a list that holds what was written once the block ends."""
+    sys.stderr.flush()
+    saved, text = os.dup(2), []
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text.append(captured.read().decode("utf-8", "replace"))
+
+
+def start(verbose: bool = False, log_to_stdout: bool = True) -> str:
+    """Start a command that uses TensorFlow: quiet logging defaults, tf_transfer's log on stdout, and
+    TensorFlow imported and its devices found with their C++ start-up lines (CUDA probing on a machine
+    without a GPU reads like a failure) kept in the debug log instead of on the screen, unless the user
+    set TF_CPP_MIN_LOG_LEVEL. Then one line of its own says which devices run the work (on stderr when
+    log_to_stdout is False, for commands whose stdout is their output); returns that line."""
+    quiet = quiet_tensorflow()
+    if log_to_stdout:
+        setup_logging(verbose=verbose)
+    with _stderr_captured() if quiet else contextlib.nullcontext() as captured:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        tpus = tf.config.list_physical_devices("TPU")
+    if captured:
+        logging.getLogger(__name__).debug("TensorFlow start-up:\n%s", captured[0])
+    line = devices_line(len(gpus), len(tpus), os.cpu_count() or 1)
+    if log_to_stdout:
+        logging.getLogger(__name__).info("%s", line)
+    else:
+        print(line, file=sys.stderr)
+    return line
+
+
+def devices_line(gpus: int, tpus: int, cores: int) -> str:
+    """What runs the work, in a newcomer's words."""
+    accelerators = [f"{n} {kind}{'s' if n > 1 else ''}" for n, kind in ((gpus, "GPU"), (tpus, "TPU")) if n]
+    if accelerators:
+        return f"Devices: {' and '.join(accelerators)}, and the CPU ({cores} cores)"
+    return f"Devices: the CPU ({cores} cores); no GPU found, so training runs on the CPU"
 
 
 def fail(message: str) -> NoReturn:

@@ -32,8 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        cli.quiet_tensorflow()
-        cli.setup_logging()
+        cli.start()
         from tf_transfer.workflows import evaluation
 
         out = evaluation.evaluate_export(args.export, args.data, args.split, args.output, args.batch_size, args.tta,

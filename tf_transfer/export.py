@@ -47,8 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        cli.quiet_tensorflow()
-        cli.setup_logging()
+        cli.start(log_to_stdout=not args.json)  # --json: stdout is one JSON line
         if args.verify:
             return _verify(args.verify, args.json)
         from tf_transfer.serving import savedmodel

@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _predict(args) -> int:
-    cli.quiet_tensorflow()
+    cli.start(log_to_stdout=False)  # stdout holds the predictions
     from tf_transfer.serving import clients
 
     if args.server:

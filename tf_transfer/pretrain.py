@@ -35,8 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         config = cli.config_from_args(args)
-        cli.quiet_tensorflow()
-        cli.setup_logging()
+        cli.start()
         from tf_transfer.workflows import pretraining, publishing
 
         out = pretraining.pretrain(config, args.method, args.out, args.license, args.overwrite, args.resume)

@@ -30,8 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        cli.quiet_tensorflow()
-        cli.setup_logging()
+        cli.start()
         from tf_transfer.workflows import publishing
 
         out = publishing.publish(args.source, args.out, args.license, args.overwrite)

@@ -62,11 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(config.to_json())
             return 0
-        cli.quiet_tensorflow()
-        cli.setup_logging()
         if args.list_backbones:
+            cli.quiet_tensorflow()
             _list_backbones()
             return 0
+        cli.start()
         config, resume = _resume_target(args, config) if args.resume else (config, None)
         from tf_transfer.workflows import recipe
 

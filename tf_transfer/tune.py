@@ -37,17 +37,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        base = cli.config_from_args(args)
+        cli.start()
         from tf_transfer.workflows import tuning
 
-        base = cli.config_from_args(args)
         try:
             overrides = json.loads(fs.path(args.search_space).read_text()) if args.search_space else {}
         except (OSError, json.JSONDecodeError) as e:
             raise TuneError(f"--search-space {args.search_space}: expected a readable JSON file ({e})") from None
         space = tuning.search_space(overrides, tuning.parse_fixed(args.fix))
         tuning.hyperparameters(space)  # validate before any work
-        cli.quiet_tensorflow()
-        cli.setup_logging()
         tuning.tune(base, space, args.algorithm, args.max_trials, args.tuning_dir, args.max_epochs)
         return 0
 

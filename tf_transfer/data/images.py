@@ -61,6 +61,7 @@ def decode_and_resize(contents: tf.Tensor, size: int) -> tf.Tensor:
 
 MAX_GIF_BLOCKS = 50_000  # a GIF's block walk stops here (a few seconds at most); beyond it the file is refused
 FORMATS = ("unknown", "jpeg", "png", "gif", "bmp", "webp")
+MALFORMED = -2  # header_info's frames for a header the decoder would not size from where we read
 
 
 def _uint(contents: tf.Tensor, offset: int, size: int, little_endian: bool = True) -> tf.Tensor:
@@ -75,57 +76,111 @@ def _table_size(packed: tf.Tensor) -> tf.Tensor:
     return tf.where(packed >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), packed % 8), 0)
 
 
-def gif_frames(contents: tf.Tensor) -> tf.Tensor:
-    """How many frames a GIF holds, by walking its blocks as giflib reads them (the decoder expands
-    every frame to the full canvas); -1 when the walk needs more than MAX_GIF_BLOCKS steps."""
+def _u16(byte, at):
+    at = tf.cast(at, tf.int64)
+    return byte(at) + 256 * byte(at + 1)
+
+
+def gif_extent(contents: tf.Tensor) -> tf.Tensor:
+    """[height, width, frames] a GIF costs the decoder, by walking its blocks as giflib reads them.
+
+    giflib allocates every frame at its image descriptor's size and TensorFlow sizes its output from the
+    frames, so the logical screen (bytes 6-9) alone can understate the cost: height and width are the
+    largest of the screen and of every frame's top + height and left + width. frames is -1 when the walk
+    needs more than MAX_GIF_BLOCKS steps.
+    """
     data = tf.cast(tf.io.decode_raw(contents, tf.uint8), tf.int64)
     n = tf.size(data, out_type=tf.int64)
 
     def byte(i):
         return tf.gather(data, tf.clip_by_value(i, 0, n - 1))
 
-    def step(pos, in_blocks, frames, state):
+    def step(pos, in_blocks, frames, bottom, right, state):
         b = byte(pos)
         at_block = tf.logical_not(in_blocks)
         image = tf.logical_and(at_block, tf.equal(b, 0x2C))  # descriptor, colour table, LZW code size
+        # the descriptor: left, top, width, height (little-endian 16 bits each) after the 0x2C
+        bottom = tf.where(image, tf.maximum(bottom, _u16(byte, pos + 3) + _u16(byte, pos + 7)), bottom)
+        right = tf.where(image, tf.maximum(right, _u16(byte, pos + 1) + _u16(byte, pos + 5)), right)
         new_pos = tf.where(at_block, tf.where(image, pos + 11 + _table_size(byte(pos + 9)), pos + 2),
                            pos + 1 + b)  # inside a chain of sub-blocks: length byte + data (0 ends it)
         new_in_blocks = tf.logical_or(at_block, tf.not_equal(b, 0))
         end = tf.logical_or(tf.logical_and(at_block, tf.logical_not(tf.logical_or(image, tf.equal(b, 0x21)))),
                             new_pos >= n)  # the trailer (or anything giflib would refuse), or the end of data
-        return new_pos, new_in_blocks, frames + tf.cast(image, tf.int64), tf.logical_or(state, end)
+        return new_pos, new_in_blocks, frames + tf.cast(image, tf.int64), bottom, right, tf.logical_or(state, end)
 
     start = tf.constant(13, tf.int64) + _table_size(byte(tf.constant(10, tf.int64)))
-    _, _, frames, finished = tf.while_loop(
-        lambda pos, in_blocks, frames, finished: tf.logical_not(finished), step,
-        (start, tf.constant(False), tf.constant(0, tf.int64), start >= n), maximum_iterations=MAX_GIF_BLOCKS)
-    return tf.where(finished, frames, tf.constant(-1, tf.int64))
+    zero = tf.constant(0, tf.int64)
+    _, _, frames, bottom, right, finished = tf.while_loop(
+        lambda *state: tf.logical_not(state[-1]), step,
+        (start, tf.constant(False), zero, _u16(byte, 8), _u16(byte, 6), start >= n),
+        maximum_iterations=MAX_GIF_BLOCKS)
+    return tf.stack([bottom, right, tf.where(finished, frames, tf.constant(-1, tf.int64))])
+
+
+MAX_WEBP_CHUNKS = 64  # chunks walked to find a VP8X file's image (ICCP, ALPH, EXIF... come first)
+
+
+def _padded(contents: tf.Tensor, offset, size: int) -> tf.Tensor:
+    """`size` bytes at `offset`, zero-padded past the end (never an out-of-range error)."""
+    offset = tf.minimum(tf.cast(offset, tf.int64), tf.cast(tf.strings.length(contents), tf.int64))
+    piece = tf.strings.substr(contents, offset, size)
+    return tf.strings.substr(tf.strings.join([piece, tf.constant(b"\0" * size)]), 0, size)
+
+
+def _vp8_size(chunk: tf.Tensor) -> tf.Tensor:
+    """[height, width] of a 'VP8 ' (lossy: 14-bit sizes after the frame tag and start code) or 'VP8L'
+    (lossless: 14-bit width - 1 and height - 1 after the signature byte) chunk, from its first 30 bytes."""
+    lossless_bits = _uint(chunk, 9, 4)
+    return tf.where(tf.equal(tf.strings.substr(chunk, 0, 4), b"VP8L"),
+                    tf.stack([(lossless_bits // 16384) % 16384 + 1, lossless_bits % 16384 + 1]),
+                    tf.stack([_uint(chunk, 16, 2) % 16384, _uint(chunk, 14, 2) % 16384]))
+
+
+def _webp_frame(contents: tf.Tensor) -> tf.Tensor:
+    """[height, width] of the first VP8/VP8L chunk of a WebP, walking its RIFF chunks (0, 0 if none)."""
+    def step(pos, hw, done):
+        chunk = _padded(contents, pos, 30)
+        kind = tf.strings.substr(chunk, 0, 4)
+        image = tf.logical_or(tf.equal(kind, b"VP8 "), tf.equal(kind, b"VP8L"))
+        size = _uint(chunk, 4, 4)
+        return pos + 8 + size + size % 2, tf.where(image, _vp8_size(chunk), hw), image
+
+    n = tf.cast(tf.strings.length(contents), tf.int64)
+    _, hw, _ = tf.while_loop(lambda pos, hw, done: tf.logical_and(tf.logical_not(done), pos + 8 <= n), step,
+                             (tf.constant(12, tf.int64), tf.zeros([2], tf.int64), tf.constant(False)),
+                             maximum_iterations=MAX_WEBP_CHUNKS)
+    return hw
 
 
 def _webp_size(contents: tf.Tensor) -> tf.Tensor:
-    """[height, width, frames] of a WebP; frames -1 for an animated one (refused: its frames are unbounded)."""
+    """[height, width, frames] of a WebP; frames -1 for an animated one (refused: its frames are unbounded).
+
+    A VP8X file's canvas and the frame inside it are both read, and the larger side of each wins: the
+    decoder works at the frame's own size whatever the canvas claims."""
     chunk = tf.strings.substr(contents, 12, 4)
 
-    def lossy():  # 'VP8 ': 14-bit sizes after the frame tag and start code
-        return tf.stack([_uint(contents, 28, 2) % 16384, _uint(contents, 26, 2) % 16384, tf.constant(1, tf.int64)])
-
-    def lossless():  # 'VP8L': 14-bit (width - 1) and (height - 1) packed after the signature byte
-        bits = _uint(contents, 21, 4)
-        return tf.stack([(bits // 16384) % 16384 + 1, bits % 16384 + 1, tf.constant(1, tf.int64)])
+    def simple():
+        return tf.concat([_vp8_size(_padded(contents, 12, 30)), tf.constant([1], tf.int64)], 0)
 
     def extended():  # 'VP8X': 24-bit canvas (width - 1) and (height - 1); flag 0x02 marks an animation
-        animated = tf.equal(_uint(contents, 20, 1) // 2 % 2, 1)
-        return tf.stack([_uint(contents, 27, 3) + 1, _uint(contents, 24, 3) + 1,
-                         tf.where(animated, tf.constant(-1, tf.int64), 1)])
+        head = _padded(contents, 0, 30)
+        animated = tf.equal(_uint(head, 20, 1) // 2 % 2, 1)
+        canvas = tf.stack([_uint(head, 27, 3) + 1, _uint(head, 24, 3) + 1])
+        return tf.concat([tf.maximum(canvas, _webp_frame(contents)),
+                          [tf.where(animated, tf.constant(-1, tf.int64), 1)]], 0)
 
-    return tf.case([(tf.equal(chunk, b"VP8 "), lossy), (tf.equal(chunk, b"VP8L"), lossless),
+    return tf.case([(tf.logical_or(tf.equal(chunk, b"VP8 "), tf.equal(chunk, b"VP8L")), simple),
                     (tf.equal(chunk, b"VP8X"), extended)],
                    default=lambda: tf.constant([0, 0, 1], tf.int64), exclusive=True)
 
 
 def header_info(contents: tf.Tensor) -> tf.Tensor:
     """[format, height, width, frames] from the header (format indexes FORMATS; 0: not an image format
-    tf_transfer decodes). Nothing is decoded: the sizes are what the file claims."""
+    tf_transfer decodes). Nothing is decoded. The sizes are what the decoder will allocate for, as far as
+    the header tells: for GIF and WebP the larger of the header's size and the frames' (see gif_extent,
+    _webp_size); for PNG the IHDR chunk libpng reads (frames -2 when the first chunk is not IHDR); for BMP
+    the fields TensorFlow's decoder reads; for JPEG the frame header libjpeg reads."""
     n = tf.strings.length(contents)
     # Fixed-offset fields are read from a zero-padded copy of the first 64 bytes: reading past the end
     # of a short input would fail with an unhelpful error (and copying the whole input is wasteful).
@@ -138,10 +193,12 @@ def header_info(contents: tf.Tensor) -> tf.Tensor:
         return of(1, tf.concat([tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64), [1]], 0))
 
     def png():
-        return of(2, tf.stack([_uint(head, 20, 4, False), _uint(head, 16, 4, False), tf.constant(1, tf.int64)]))
+        ihdr = tf.equal(tf.strings.substr(head, 12, 4), b"IHDR")
+        frames = tf.where(ihdr, tf.constant(1, tf.int64), MALFORMED)
+        return of(2, tf.stack([_uint(head, 20, 4, False), _uint(head, 16, 4, False), frames]))
 
     def gif():
-        return of(3, tf.stack([_uint(head, 8, 2), _uint(head, 6, 2), gif_frames(contents)]))
+        return of(3, gif_extent(contents))
 
     def bmp():
         height = _uint(head, 22, 4)
@@ -149,7 +206,7 @@ def header_info(contents: tf.Tensor) -> tf.Tensor:
         return of(4, tf.stack([height, _uint(head, 18, 4), tf.constant(1, tf.int64)]))
 
     def webp():
-        return of(5, _webp_size(head))
+        return of(5, _webp_size(contents))
 
     def starts(offset: int, magic: bytes):
         return tf.equal(tf.strings.substr(head, offset, len(magic)), magic)
@@ -165,8 +222,9 @@ def header_info(contents: tf.Tensor) -> tf.Tensor:
 
 def size_checks(contents: tf.Tensor, max_pixels: int) -> list:
     """Assertions that refuse, before any decoding allocates memory: empty input, formats other than
-    JPEG/PNG/GIF/BMP/WebP, zero-sized images, animated WebP, GIFs too complex to walk, and images whose
-    pixels (times frames, for GIF) exceed `max_pixels`."""
+    JPEG/PNG/GIF/BMP/WebP, malformed PNG headers, zero-sized images, animated WebP, GIFs too complex to
+    walk, and images whose pixels (times frames, for GIF; the larger of header and frames, see
+    header_info) exceed `max_pixels`."""
     tf.debugging.assert_positive(tf.strings.length(contents), message="empty image bytes")
     info = header_info(contents)
     fmt, h, w, frames = info[0], info[1], info[2], info[3]
@@ -177,7 +235,9 @@ def size_checks(contents: tf.Tensor, max_pixels: int) -> list:
     return [
         check(fmt > 0, "not an image in a supported format (expected JPEG, PNG, GIF, BMP or WebP)"),
         check(tf.logical_or(fmt == 0, tf.logical_and(h > 0, w > 0)), "image has zero width or height"),
-        check(frames >= 0, "animated WebP, or a GIF with too many blocks, is not supported"),
+        check(frames != MALFORMED, "malformed header: a PNG's first chunk must be IHDR"),
+        check(tf.logical_or(frames >= 0, frames == MALFORMED),
+              "animated WebP, or a GIF with too many blocks, is not supported"),
         check(h * w * tf.maximum(frames, 1) <= max_pixels, f"image is larger than the limit of {max_pixels} pixels"),
     ]
 

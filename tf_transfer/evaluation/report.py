@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_transfer.evaluation import plots
+from tf_transfer.evaluation import chance, plots
 from tf_transfer.evaluation.metrics import EPS, format_any
 from tf_transfer.folders import RunDir
 
@@ -122,7 +122,8 @@ def _fmt(v) -> str:
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:12px}
-img{max-width:100%;margin:.5em 0}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}"""
+img{max-width:100%;margin:.5em 0}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+.warning{background:#fff3cd;border:2px solid #c98a00;padding:.6em 1em}"""
 
 
 def render(title: str, sections: list[tuple[str, str]]) -> str:
@@ -132,6 +133,15 @@ def render(title: str, sections: list[tuple[str, str]]) -> str:
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>{time.strftime('%Y-%m-%d %H:%M')}</p>{body}</body></html>")
+
+
+def not_learnt_box(flags: list[dict]) -> str:
+    """The warning at the top of a report: what the model did not learn, and how that was decided."""
+    items = "".join(f"<li>{html.escape(chance.describe(f))}</li>" for f in flags)
+    how = ("A single-label task is flagged when its accuracy is not above always answering its most frequent "
+           "class (one-sided binomial test, p &ge; 0.05); a label of a multi-label task when its average "
+           "precision is not above 95% of random rankings of the same examples.")
+    return f'<div class="warning"><ul>{items}</ul><p>{how}</p></div>'
 
 
 def stages_table(stages: list[dict]) -> str:
@@ -183,6 +193,8 @@ def write_report(run: RunDir, title: str, split: str, m: dict, plot_paths: dict[
                  stages: list[dict] | None = None, worst: list[list] | None = None) -> Path:
     """report.html with every section available; returns its path."""
     sections = []
+    if all_metrics and all_metrics.get("not_learnt"):
+        sections.append(("Not learnt", not_learnt_box(all_metrics["not_learnt"])))
     if all_metrics:
         sections.append(("Summary", _table(["model", f"{split} accuracy", f"{split} log loss", "val accuracy"],
                                            comparison_rows(all_metrics)) + _tta_note(all_metrics)))

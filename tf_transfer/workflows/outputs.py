@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tf_transfer import fs
 from tf_transfer.config import Config
+from tf_transfer.evaluation import chance, report
 from tf_transfer.evaluation import metrics as metrics_lib
-from tf_transfer.evaluation import report
 from tf_transfer.folders import ModelDir, RunDir
 from tf_transfer.serving import savedmodel
 from tf_transfer.tasks import Task
@@ -127,9 +127,23 @@ class Outputs:
         if self.baseline:
             metrics["baseline_scratch"] = self.run.done("baseline") or self.baseline(self.data)
             self.run.mark_done("baseline", metrics["baseline_scratch"])
+        flags = self._not_learnt(metrics, predictions)
+        if flags:
+            metrics["not_learnt"] = flags
         self.run.write_json(RunDir.METRICS, metrics)
         log_metrics(metrics)
+        for flag in flags:
+            log.warning("%s", chance.describe(flag))
         return metrics
+
+    def _not_learnt(self, metrics: dict, predictions: dict) -> list[dict]:
+        """Tasks and labels within noise of chance on the test split (else validation): see evaluation.chance."""
+        split = "test" if "test" in predictions else "val"
+        if split not in predictions:
+            return []
+        data = self.config.data
+        flip = data.flip if data.augment else "none"
+        return chance.find(metrics[split], self.data.tasks, predictions[split], split, flip)
 
     def _export(self, model, metrics: dict) -> Path | None:
         """Export once per run: a resumed run that exported already reports that version again."""
