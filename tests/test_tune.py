@@ -52,9 +52,17 @@ def test_search_runs_both_phases_and_the_best_config_reproduces(shapes_dir, tmp_
 def test_interrupted_search_resumes_without_repeating_trials(shapes_dir, tmp_path):
     directory = tmp_path / "tuning"
     cmd = _tune_cmd(shapes_dir, tmp_path, 3, directory)
-    first = directory / "search" / "trial_0" / "trial.json"
-    interrupt_when(cmd, lambda: first.exists() and json.loads(first.read_text()).get("status") == "COMPLETED",
-                   tmp_path / "search.log", timeout=300)
+    oracle = directory / "search" / "oracle.json"
+
+    def first_trial_recorded() -> bool:
+        # keras-tuner writes trial.json (COMPLETED) before oracle.json; a kill between the two makes it run
+        # that trial again on resume, so wait until the oracle has recorded the end of trial 0
+        try:
+            return "0" in json.loads(oracle.read_text()).get("end_order", [])
+        except (OSError, ValueError):
+            return False
+
+    interrupt_when(cmd, first_trial_recorded, tmp_path / "search.log", timeout=300)
     done_before = {r["trial_id"]: r for r in tune.summaries(directory)}
     assert "0" in done_before
     stamp = (directory / "search" / "trial_0" / "trial_summary.json").stat().st_mtime
