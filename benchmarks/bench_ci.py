@@ -2,7 +2,7 @@
 default and slow test suites (wall time per test file and the slowest tests), and the line coverage of
 `tf_transfer/` each suite buys (subprocesses included), from the same code.
 
-    python -m benchmarks.bench_ci [--repeats 3] [--suites default,slow] [--no-coverage] [--xdist 2] [--out F]
+    python -m benchmarks.bench_ci [--repeats 3] [--suites default,slow] [--no-coverage] [--one-process] [--out F]
 
 Timings come from plain runs; coverage from separate runs under `coverage run` (tracing slows Python), so
 the figures a developer waits for are not inflated by the measurement of coverage.
@@ -57,6 +57,7 @@ def _timings(junit: Path) -> dict:
 
 
 def _pytest(args: list[str], workdir: Path, prefix: list[str] | None = None, env: dict | None = None) -> dict:
+    """Run pytest with `args`; its wall time, summary and per-test timings."""
     junit = workdir / "junit.xml"
     cmd = [*(prefix or [sys.executable]), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
            *args]
@@ -74,10 +75,10 @@ def _pytest(args: list[str], workdir: Path, prefix: list[str] | None = None, env
     return {**out, **(_timings(junit) if junit.exists() else {})}
 
 
-def suite(name: str, workdir: Path, xdist: int = 0) -> dict:
-    """One plain run of a suite (optionally over `xdist` pytest-xdist workers)."""
+def suite(name: str, workdir: Path, extra: tuple[str, ...] = (), env: dict | None = None) -> dict:
+    """One plain run of a suite, as configured in pyproject.toml (plus `extra` arguments)."""
     folder = Path(tempfile.mkdtemp(dir=workdir, prefix=f"{name}-"))
-    return _pytest([*SUITES[name], *(["-n", str(xdist)] if xdist else [])], folder)
+    return _pytest([*SUITES[name], *extra], folder, env=env)
 
 
 def _rcfile(workdir: Path) -> Path:
@@ -117,13 +118,15 @@ def coverage(names: list[str], workdir: Path) -> dict:
 
 
 def run(repeats: int = 3, suites: tuple[str, ...] = ("default", "slow"), with_coverage: bool = True,
-        xdist: int = 0) -> dict:
+        one_process: bool = False) -> dict:
+    """The suites run as CI runs them: one after the other, sharing their built fixtures (a test store)."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        store = {"TF_TRANSFER_TEST_STORE": str(work / "store")}
         out = {"main_job_seconds": main_job(repeats) if repeats else None,
-               "suites": {name: suite(name, work) for name in suites}}
-        if xdist:
-            out["xdist"] = {"workers": xdist, "default": suite("default", work, xdist)}
+               "suites": {name: suite(name, work, env=store) for name in suites}}
+        if one_process:  # the same default suite without pytest-xdist (and without a store), for the ratio
+            out["one_process"] = {"default": suite("default", work, ("-n", "0"))}
         if with_coverage:
             cov = work / "coverage"
             cov.mkdir()
@@ -136,13 +139,14 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=3, help="main-job repeats (0: skip the main job)")
     parser.add_argument("--suites", default="default,slow", help="comma list of default, slow")
     parser.add_argument("--no-coverage", action="store_true")
-    parser.add_argument("--xdist", type=int, default=0, help="also time the default suite over N xdist workers")
+    parser.add_argument("--one-process", action="store_true",
+                        help="also time the default suite in one process (-n 0), against the configured workers")
     parser.add_argument("--out", type=Path, help="write the JSON here as well")
     args = parser.parse_args()
     names = tuple(n for n in args.suites.split(",") if n)
     if set(names) - set(SUITES):
         parser.error(f"--suites: expected some of {', '.join(SUITES)}, got {args.suites!r}")
-    result = json.dumps(run(args.repeats, names, not args.no_coverage, args.xdist), indent=2)
+    result = json.dumps(run(args.repeats, names, not args.no_coverage, args.one_process), indent=2)
     if args.out:
         args.out.write_text(result + "\n")
     print(result)

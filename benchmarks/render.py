@@ -463,14 +463,82 @@ means over seeds (min-max when there are several); seconds are wall time of the 
 """
 
 
-def ci(r: dict) -> str:
-    suite = r.get("test_suite") or {}
-    tests = (f"The default test suite (`python -m pytest -q`) took {suite['seconds'] / 60:.1f} min: {suite['summary']}."
-             if suite else "The test suite was not timed in this run.")
-    return f"""## The README's commands
+def _suite_cell(suite: dict | None) -> str:
+    if not suite:
+        return "not measured"
+    status = "" if suite.get("returncode", 0) == 0 else f" ({len(suite.get('failures', []))} failing)"
+    return f"{suite['pytest_seconds'] or suite['seconds']:.0f} s, {suite.get('tests', '?')} tests{status}"
 
-The main job (`python -m tf_transfer.train`, each time with an empty cache, as on a fresh machine):
-{_r(r['main_job_seconds'], 0, ' s')}. {tests}
+
+def _coverage_cell(cov: dict | None, key: str) -> str:
+    return f"{cov[key]['percent']:.1f}% ({cov[key]['covered']} of {cov[key]['lines']} lines)" if cov and key in cov \
+        else "not measured"
+
+
+def _files_table(before: dict, after: dict) -> str:
+    rows = []
+    for name in ("default", "slow"):
+        b, a = (before.get("suites") or {}).get(name, {}), (after.get("suites") or {}).get(name, {})
+        files = sorted(set(b.get("per_file", {})) | set(a.get("per_file", {})),
+                       key=lambda f: -max(b.get("per_file", {}).get(f, 0), a.get("per_file", {}).get(f, 0)))
+        for f in files:
+            cells = [f"{x['per_file'][f]:.0f}" if f in x.get("per_file", {}) else "-" for x in (b, a)]
+            if cells != ["-", "-"]:
+                rows.append(f"| {name} | `{f}` | {cells[0]} | {cells[1]} |")
+    return "| suite | file | before (s) | after (s) |\n| --- | --- | ---: | ---: |\n" + "\n".join(rows)
+
+
+def _slowest_table(r: dict) -> str:
+    rows = [(name, t) for name in ("default", "slow") for t in (r.get("suites") or {}).get(name, {}).get("slowest", [])]
+    rows.sort(key=lambda x: -x[1]["seconds"])
+    return "| suite | test | seconds |\n| --- | --- | ---: |\n" + "\n".join(
+        f"| {name} | `{t['test']}` | {t['seconds']:.1f} |" for name, t in rows[:30])
+
+
+def ci(r: dict, before: dict | None = None, stamp_before: str = "") -> str:
+    """The README's commands and the test suites' cost: before and after, per suite, per file, coverage."""
+    main = f"{_r(r['main_job_seconds'], 0, ' s')}" if r.get("main_job_seconds") else "not measured in this run"
+    if "suites" not in r:  # a result from before the suites were measured one by one
+        return f"## The README's commands\n\nThe main job: {main}.\n"
+    b = before or {}
+    rows = [f"| {label} | {_suite_cell((b.get('suites') or {}).get(k))} | {_suite_cell(r['suites'].get(k))} |"
+            for label, k in (("default suite (`python -m pytest -q`)", "default"),
+                             ("slow suite (`python -m pytest -q -m slow`)", "slow"))]
+    rows += [f"| line coverage of `tf_transfer/`, {label} | {_coverage_cell(b.get('coverage'), k)} | "
+             f"{_coverage_cell(r.get('coverage'), k)} |" for label, k in (("default suite", "default"),
+                                                                        ("default + slow", "default+slow"))]
+    one = (r.get("one_process") or {}).get("default")
+    xdist_note = ""
+    if one:
+        parallel = r["suites"]["default"]
+        ratio = (one["pytest_seconds"] or one["seconds"]) / (parallel["pytest_seconds"] or parallel["seconds"])
+        xdist_note = (f"\n\npytest-xdist: the default suite over 2 workers (`-n 2 --dist loadgroup`, as configured) "
+                      f"took {_suite_cell(parallel)}; in one process (`-n 0`), in the same run, {_suite_cell(one)}: "
+                      f"{ratio:.2f}x faster with the workers.")
+    targets = ""
+    default = r["suites"].get("default")
+    if default:
+        seconds = default["pytest_seconds"] or default["seconds"]
+        targets = (f"\n\nTarget for the default suite, at most 300 s: {'met' if seconds <= 300 else '**missed**'} "
+                   f"({seconds:.0f} s).")
+    return f"""## The README's commands and the test suites
+
+`benchmarks/bench_ci.py`: the main job (`python -m tf_transfer.train`, each time with an empty cache, as on
+a fresh machine): {main}. The default and slow suites, each run once as CI runs them (wall time as pytest
+reports it), and line coverage of `tf_transfer/` from separate runs under `coverage run` (subprocesses
+included).
+
+| | before{f" ({stamp_before})" if stamp_before else ""} | after |
+| --- | --- | --- |
+{chr(10).join(rows)}{targets}{xdist_note}
+
+Wall time per test file (setup included, so a shared fixture counts where it is first built):
+
+{_files_table(b, r)}
+
+The 30 slowest tests after (of both suites):
+
+{_slowest_table(r)}
 """
 
 
@@ -490,6 +558,11 @@ def benchmarks_md(results: dict[str, dict]) -> str:
         if record is None:
             parts.append(f"## {name}\n\nNot measured yet (`python -m benchmarks.run --only {name}`).\n")
             continue
+        if name == "ci" and "ci_before" in results:  # the suites' cost before and after the work on them
+            before = results["ci_before"]
+            text = fn(record["result"], before["result"], f"commit `{before['commit']}`")
+            parts.append(text + "\n" + _stamp(record) + " Before: " + _stamp(before) + "\n")
+            continue
         parts.append(fn(record["result"]) + "\n" + _stamp(record) + "\n")
     return "\n".join(parts)
 
@@ -498,11 +571,17 @@ def readme_figures(results: dict[str, dict]) -> dict[str, str]:
     """Values for the README's <!-- bench:KEY -->...<!-- /bench --> spots."""
     out = {}
     if "ci" in results:
-        s = results["ci"]["result"]["main_job_seconds"]
-        out["main_job"] = f"{s['median']:.0f} s (median of {s['n']} runs, {s['min']:.0f}-{s['max']:.0f} s)"
-        suite = results["ci"]["result"].get("test_suite")
+        s = results["ci"]["result"].get("main_job_seconds")
+        if s:
+            out["main_job"] = f"{s['median']:.0f} s (median of {s['n']} runs, {s['min']:.0f}-{s['max']:.0f} s)"
+        suite = (results["ci"]["result"].get("suites") or {}).get("default") or results["ci"]["result"].get(
+            "test_suite")
         if suite:
-            out["test_suite"] = f"{suite['seconds'] / 60:.1f} min in the last measured run"
+            seconds = suite.get("pytest_seconds") or suite["seconds"]
+            out["test_suite"] = f"{seconds / 60:.1f} min in the last measured run"
+        slow = (results["ci"]["result"].get("suites") or {}).get("slow")
+        if slow:
+            out["slow_suite"] = f"{(slow.get('pytest_seconds') or slow['seconds']) / 60:.1f} min"
     if results.get("text", {}).get("result"):
         r = results["text"]["result"]
         out["text"] = (f"{r['finetuned_minilm']['test_accuracy']:.3f} test accuracy fine-tuned, "

@@ -70,6 +70,32 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"FAILED (time budget): {message}", red=True, bold=True)
 
 
+# With pytest-xdist (pyproject.toml: -n 2), tests are handed to the workers in collection order. The first
+# test of each trained run goes first (the one with the fewest fixtures, so no module fixture is built for it
+# alone): the workers start by building the runs into the store while the other worker carries on, and the
+# run's other tests, in their usual places, find it built.
+TRAINED_RUNS = ("trained_run", "multitask_run", "text_run")
+
+
+def pytest_collection_modifyitems(config, items):
+    builders = []
+    for name in TRAINED_RUNS:
+        users = [item for item in items if name in getattr(item, "fixturenames", ())]
+        if users:
+            builders.append(min(users, key=lambda item: len(item.fixturenames)))
+    chosen = set(map(id, builders))
+    items[:] = [*dict.fromkeys(builders), *(item for item in items if id(item) not in chosen)]
+
+
+@pytest.fixture(autouse=True)
+def _logs_reach_caplog():
+    """Commands run in-process (and runs, through their log file) set tf_transfer's logger not to propagate;
+    the tests that read caplog must not depend on which tests ran before them in this worker."""
+    import logging
+
+    logging.getLogger("tf_transfer").propagate = True
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Generated datasets go to a temporary cache, not the user's home."""
@@ -166,7 +192,7 @@ def trained_run(tmp_path_factory, shapes_dir):
     """One end-to-end run (both phases, export and fresh-process verification) shared by several tests."""
     return shared_run(tmp_path_factory, "e2e", lambda tmp: make_config(tmp, str(shapes_dir), name="shapes", **{
         "phase1.epochs": 6, "phase2.epochs": 3, "export.verify": True, "phase2.unfreeze": "20",
-        "export.tflite": "float,int8", "evaluation.baseline": "scratch",
+        "evaluation.baseline": "scratch",
         # the recipe before the fine-tuning defaults changed: phase 2 reliably improves on these shapes
         "phase2.learning_rate": 1e-4, "phase2.schedule": "constant", "monitor": "val_loss",
     }), with_model=True)

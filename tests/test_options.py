@@ -93,13 +93,14 @@ def test_mixed_precision_and_xla_train_and_export(shapes_dir, tmp_path, override
 
 
 @pytest.mark.slow
-def test_dynamic_and_float16_tflite_agree_with_the_model(trained_run, tmp_path):
+def test_dynamic_float16_and_int8_tflite_agree_with_the_model(trained_run, tmp_path):
     data = datasets.load_split(RunDir(trained_run.run_dir))
     files = [e.key for e in data.splits["test"]]
     pixels = np.stack([images.decode_and_resize(tf.io.read_file(f), SIZE).numpy() for f in files])
     expected = trained_run.model(tf.cast(pixels, tf.float32), training=False).numpy().argmax(-1)
-    for variant in ("dynamic", "float16"):
-        path = tflite.convert(trained_run.model, SIZE, variant, tmp_path)
+    train = [images.decode_and_resize(tf.io.read_file(e.key), SIZE).numpy() for e in data.splits["train"][:16]]
+    for variant in ("dynamic", "float16", "int8"):  # int8: calibrated on training images, as the export does
+        path = tflite.convert(trained_run.model, SIZE, variant, tmp_path, representative=train)
         agreement = np.mean(tflite.predict(path, pixels).argmax(-1) == expected)
         assert agreement >= 0.9, (variant, agreement)
 
@@ -116,6 +117,7 @@ def test_export_run_writes_a_new_verified_version(trained_run, tmp_path):
     assert ModelDir(tmp_path / "exports" / "shapes").versions() == [1] and "tensorflow_model_server" in out.stdout
     assert run.export_path() == tmp_path / "exports" / "shapes" / "1"
     assert (run.export_path() / ModelDir.TFLITE / "model.tflite").is_file()
+    assert (run.export_path() / ModelDir.TFLITE_LABELS).read_text().splitlines() == trained_run.class_names
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -20,8 +21,9 @@ def _project(tmp_path, sleep: float):
 
 
 def _pytest(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not a worker of this session
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_the_default_suite_fails_past_its_budget_and_one_file_does_not(tmp_path):

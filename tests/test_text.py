@@ -21,7 +21,6 @@ from tf_transfer.models.tokenizer import BertTokenize
 from .conftest import SHARED, make_config
 
 MINILM = SHARED / "weights" / "all-MiniLM-L6-v2"
-EMOTION = SHARED / "datasets" / "emotion"
 
 
 def _tokenizer(max_seq_length=8):
@@ -210,22 +209,6 @@ def test_a_tf_hub_encoder_with_its_preprocessor_trains_and_exports(tiny_hub_text
     assert result.metrics["test"]["accuracy"] > 0.4
     out = tf.saved_model.load(str(result.export_path)).signatures["serving_default"](text=tf.constant(["good fun"]))
     assert out["top_k_classes"].shape[0] == 1
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not (MINILM.is_dir() and EMOTION.is_dir()), reason="../shared's MiniLM or emotion set is absent")
-def test_fine_tuning_minilm_on_real_tweets_beats_its_frozen_phase(tmp_path):
-    from tf_transfer.workflows import recipe
-
-    rows = list(csv.reader((EMOTION / "train.csv").open()))
-    header, body = rows[0], rows[1:]
-    subset = _write_csv(tmp_path / "emotion.csv", [header, *body[:900]])
-    config = make_config(tmp_path, f"csv:{subset}", name="emotion", **{
-        "model.backbone": f"hf:{MINILM}", "model.max_seq_length": 64, "phase1.epochs": 10, "phase2.epochs": 1,
-        "data.batch_size": 32, "data.val_fraction": 0.15, "data.test_fraction": 0.15})
-    result = recipe.run(config)
-    m = result.metrics
-    assert m["test"]["accuracy"] > m["phase1"]["test"]["accuracy"] and m["test"]["accuracy"] > 0.4
 
 
 def test_an_hf_repo_id_needs_huggingface_hub_or_a_network(monkeypatch):
