@@ -166,16 +166,15 @@ def test_evaluate_and_predict_read_a_remote_export_and_remote_images(remote_run,
 
 
 @pytest.mark.slow  # one small run at URLs (about a minute), shared by these tests
-def test_a_remote_run_resumes_on_a_machine_without_its_mirror(remote_run, caplog):
+def test_a_remote_run_resumes_on_a_machine_without_its_mirror(remote_run):
     from tf_transfer import train
 
     root, run = remote_run
     shutil.rmtree(fs.cache_home() / "runs")  # a new machine: nothing of the run on local disk
     folder = RunDir.existing(str(run))
     assert folder.location == str(run) and folder.done("export") and folder.config_file.is_file()
-    with caplog.at_level("INFO", logger="tf_transfer"):
-        assert train.main(["--resume", str(run)]) == 0
-    assert "Exported earlier" in caplog.text, "the resumed run finds its export at the URL"
+    assert train.main(["--resume", str(run)]) == 0
+    assert "Exported earlier" in (run / RunDir.LOG).read_text(), "the resumed run finds its export at the URL"
     assert ModelDir(root / "saved_models" / "shapes").versions() == [1]
     assert len((run / RunDir.HISTORY_LOG).read_text().splitlines()) == 3, "no epoch ran again"
 

@@ -165,7 +165,8 @@ class Images:
             samples=samples,
             top_k=c.export.top_k, max_image_pixels=c.export.max_image_pixels, tflite=variants,
             representative=representative, verify=c.export.verify, tta=c.export.tta,
-            tasks=data.named_tasks, thresholds=metrics.get("thresholds", {}))
+            tasks=data.named_tasks, thresholds=metrics.get("thresholds", {}),
+            keras_traces=c.model.backbone not in backbones.REGISTRY)
 
 
 def sample_bytes(data: ImageData, split: str, count: int = 8) -> list[bytes]:
