@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -70,21 +71,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"FAILED (time budget): {message}", red=True, bold=True)
 
 
-# With pytest-xdist (pyproject.toml: -n 2), tests are handed to the workers in collection order. The first
-# test of each trained run goes first (the one with the fewest fixtures, so no module fixture is built for it
-# alone): the workers start by building the runs into the store while the other worker carries on, and the
-# run's other tests, in their usual places, find it built.
+# With pytest-xdist (pyproject.toml: -n 2), tests are handed to the workers in collection order. That order
+# is: the first test of each trained run (the one with the fewest fixtures, so that no module fixture is built
+# for it alone), then every test that needs no trained run, then the others. The workers start by building
+# the runs into the store while the other worker carries on, and no test waits for a run being built.
 TRAINED_RUNS = ("trained_run", "multitask_run", "text_run")
+
+
+def _runs_of(item) -> set[str]:
+    return set(TRAINED_RUNS) & set(getattr(item, "fixturenames", ()))
 
 
 def pytest_collection_modifyitems(config, items):
     builders = []
     for name in TRAINED_RUNS:
-        users = [item for item in items if name in getattr(item, "fixturenames", ())]
+        users = [item for item in items if name in _runs_of(item)]
         if users:
             builders.append(min(users, key=lambda item: len(item.fixturenames)))
-    chosen = set(map(id, builders))
-    items[:] = [*dict.fromkeys(builders), *(item for item in items if id(item) not in chosen)]
+    builders = list({id(b): b for b in builders}.values())
+    rest = [item for item in items if all(item is not b for b in builders)]
+    items[:] = [*builders, *(i for i in rest if not _runs_of(i)), *(i for i in rest if _runs_of(i))]
 
 
 @pytest.fixture(autouse=True)
@@ -102,6 +108,7 @@ def _isolated_cache(tmp_path_factory):
     os.environ["TF_TRANSFER_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+@functools.lru_cache(maxsize=1)
 def _store_key() -> str:
     digest = hashlib.sha256()
     for path in [*sorted((ROOT / "tf_transfer").rglob("*.py")), Path(__file__)]:

@@ -49,7 +49,7 @@ def served(trained_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("page")
     shutil.copytree(trained_run.export_path, root / "shapes" / "1")
     odd = ["<b>x</b>", 'a"b', "c&d"]  # label names that are HTML, quotes and entities
-    spec = savedmodel.ExportSpec(odd, 64, {}, {}, samples=savedmodel.synthetic_images(64))
+    spec = savedmodel.ExportSpec(odd, 64, {}, {}, samples=savedmodel.synthetic_images(64), keras_traces=False)
     savedmodel.export_classifier(trained_run.model, spec, root, "odd")
     server = LocalServer([root / "shapes", root / "odd"], port=0, grpc_port=None, poll_seconds=0).start()
     yield server

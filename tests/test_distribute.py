@@ -65,7 +65,7 @@ def test_mixed_float16_keeps_a_float32_head_and_a_float32_export(tmp_path):
         model = model_lib.build_classifier(backbones.build("mobilenet_v2_0.35", "none", SIZE), 3, ModelConfig())
         assert model.get_layer("backbone").compute_dtype == "float16"
         assert model.get_layer("head").layers[-1].compute_dtype == "float32" and model.output.dtype == tf.float32
-        spec = savedmodel.ExportSpec(["a", "b", "c"], SIZE, {}, {})
+        spec = savedmodel.ExportSpec(["a", "b", "c"], SIZE, {}, {}, keras_traces=False)
         path = savedmodel.export_classifier(model, spec, tmp_path, "m")
     finally:
         keras.mixed_precision.set_global_policy("float32")

@@ -98,7 +98,7 @@ def test_versions_never_overwritten_and_failed_export_leaves_nothing(trained_run
     root = tmp_path / "exports"
 
     def export(config):
-        spec = savedmodel.ExportSpec(trained_run.class_names, 64, config, {})
+        spec = savedmodel.ExportSpec(trained_run.class_names, 64, config, {}, keras_traces=False)
         return savedmodel.export_classifier(trained_run.model, spec, root, "m")
 
     first, second = export({}), export({})

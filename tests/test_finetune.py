@@ -141,7 +141,7 @@ def test_tta_in_evaluation_and_in_the_export(trained_run, tmp_path):
     assert plain["val"]["num_examples"] == flipped["val"]["num_examples"] > 0
     assert plain["val"]["log_loss"] != flipped["val"]["log_loss"]
     spec = savedmodel.ExportSpec(trained_run.class_names, 64, {}, {}, samples=savedmodel.synthetic_images(64),
-                                 tta=True)
+                                 keras_traces=False, tta=True)
     path = savedmodel.export_classifier(trained_run.model, spec, tmp_path, "tta")
     x = tf.round(tf.random.stateless_uniform([2, 64, 64, 3], [1, 2], 0, 255))  # whole values: served as uint8
     served = tf.saved_model.load(str(path)).signatures["serving_pixels"](pixels=x)["scores"].numpy()

@@ -8,10 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SIZE, save_tiny_backbone
+from tests.conftest import ROOT, save_tiny_backbone, shared
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SIZE = 32  # the smallest MobileNetV2 input: the notebooks are run to show that they run
 SMALL = {"BACKBONE": "mobilenet_v2_0.35", "WEIGHTS": "imagenet", "IMAGE_SIZE": SIZE}
+
+
+@pytest.fixture(scope="session")
+def notebook_shapes(tmp_path_factory):
+    """The smallest image folder every notebook still runs on: 3 classes x 16 images of 32 pixels."""
+    from tf_transfer.data import demo
+
+    return shared(tmp_path_factory, "notebook_shapes", lambda root: demo.write_shapes(root, per_class=16, size=SIZE,
+                                                                                      seed=5))
 
 
 def _cells(path: Path) -> list[dict]:
@@ -65,7 +75,8 @@ def _execute(path: Path, tmp_path: Path, params: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("name", [p.stem for p in NOTEBOOKS])
-def test_notebook_runs_top_to_bottom_offline(name, shapes_dir, tmp_path, request):
+def test_notebook_runs_top_to_bottom_offline(name, notebook_shapes, tmp_path, request):
+    shapes_dir = notebook_shapes
     common = {"DATA": str(shapes_dir), "WORK_DIR": str(tmp_path / "work")}
     params = {
         "01_quickstart": {**SMALL, "BATCH_SIZE": 16, "PHASE1_EPOCHS": 2, "PHASE2_EPOCHS": 1, "UNFREEZE": "10"},
@@ -77,9 +88,10 @@ def test_notebook_runs_top_to_bottom_offline(name, shapes_dir, tmp_path, request
         "04_tuning": {**SMALL, "ALGORITHM": "random", "MAX_TRIALS": 2,
                       "FIXED": {"phase1.epochs": 1, "phase2.epochs": 1, "data.batch_size": 16}},
         "05_serving": {**SMALL, "EPOCHS": 1, "SERVER": "local"},
-        "06_pretrain_publish": {"SOURCE_DATA": str(shapes_dir), "METHOD": "rotation", "TARGET_DATA": str(shapes_dir),
+        # the notebook's own method (supervised); tests/test_pretrain.py runs rotation pre-training end to end
+        "06_pretrain_publish": {"SOURCE_DATA": str(shapes_dir), "METHOD": "supervised", "TARGET_DATA": str(shapes_dir),
                                 "IMAGE_SIZE": SIZE, "BATCH_SIZE": 16, "PRETRAIN_EPOCHS": 1, "TARGET_EPOCHS": 1},
-        "07_multitask": {**SMALL, "DATA": "", "BATCH_SIZE": 16, "PHASE1_EPOCHS": 2, "PHASE2_EPOCHS": 1},
+        "07_multitask": {**SMALL, "DATA": "", "BATCH_SIZE": 16, "PHASE1_EPOCHS": 2, "PHASE2_EPOCHS": 1},  # own data
         "08_text_classification": {},  # filled below: it needs the generated texts and the tiny checkpoint
     }[name]
     if name == "08_text_classification":
