@@ -278,7 +278,7 @@ def text_run(text_data, tiny_hf, tmp_path_factory):
         tmp, f"csv:{text_data / 'reviews.csv'}", name="reviews", **{
             "model.backbone": f"hf:{tiny_hf}", "model.max_seq_length": 24, "phase1.epochs": 30, "phase2.epochs": 3,
             "phase1.learning_rate": 1e-2, "phase2.learning_rate": 2e-3, "export.verify": True,
-            "phase1.feature_cache": "on"}))
+            "phase1.feature_cache": "on", "evaluation.baseline": "tfidf"}))
 
 
 def save_tiny_backbone(path: Path, seed: int = 0) -> Path:

@@ -162,6 +162,16 @@ def test_a_text_run_learns_both_phases_and_exports_strings_in(text_run):
 
 
 @pytest.mark.slow
+def test_a_text_run_reports_its_tfidf_baseline_beside_the_transfer_model(text_run):
+    baseline = text_run.metrics["baseline_tfidf"]
+    assert set(baseline) == {"val", "test"} and baseline["test"]["num_examples"] == text_run.metrics["test"][
+        "num_examples"]  # the same test split
+    assert baseline["test"]["accuracy"] > 0.6  # chance: 1/3; the generated classes differ by their words
+    assert "TF-IDF + logistic regression" in text_run.run.log_file.read_text()
+    assert "TF-IDF + logistic regression" in text_run.run.report_file.read_text()
+
+
+@pytest.mark.slow
 def test_text_export_serves_rest_and_grpc_and_the_commands(text_run, text_data, tmp_path):
     from tf_transfer import serving
     from tf_transfer.serving import server as serve
@@ -209,6 +219,23 @@ def test_a_tf_hub_encoder_with_its_preprocessor_trains_and_exports(tiny_hub_text
     assert result.metrics["test"]["accuracy"] > 0.4
     out = tf.saved_model.load(str(result.export_path)).signatures["serving_default"](text=tf.constant(["good fun"]))
     assert out["top_k_classes"].shape[0] == 1
+
+
+def test_tfidf_baseline_learns_words_and_is_refused_for_images(text_data, tmp_path):
+    from tf_transfer.errors import ConfigError
+    from tf_transfer.models import tfidf
+    from tf_transfer.workflows import recipe
+
+    rows = list(csv.reader((text_data / "reviews.csv").open()))[1:]
+    names = sorted({label for _, label in rows})
+    texts, labels = [t for t, _ in rows], [names.index(label) for _, label in rows]
+    model = tfidf.train(texts[::2], labels[::2], (texts[1::2], labels[1::2]), len(names))
+    vocabulary = model.get_layer("tfidf").get_vocabulary()
+    assert any(" " in gram for gram in vocabulary)  # 2-grams too
+    accuracy = np.mean(tfidf.probabilities(model, texts[1::2]).argmax(-1) == np.asarray(labels[1::2]))
+    assert accuracy > 0.7, accuracy  # chance: 1/3; the classes differ by a few words among filler
+    with pytest.raises(ConfigError, match="--baseline tfidf is a text baseline"):
+        recipe.run(make_config(tmp_path, "demo", **{"evaluation.baseline": "tfidf"}))
 
 
 def test_an_hf_repo_id_needs_huggingface_hub_or_a_network(monkeypatch):

@@ -161,9 +161,10 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    baseline: str = _opt("none", "Also train a from-scratch baseline (same architecture, data and epoch budget, "
-                         "all layers trained from random initialisation) and report both.",
-                         choices=("none", "scratch"))
+    baseline: str = _opt("none", "Also train a baseline on the same splits and report it beside the transfer "
+                         "model: 'scratch' (same architecture, data and epoch budget, all layers from random "
+                         "initialisation) or, for text runs, 'tfidf' (TF-IDF of 1-2 grams + logistic regression).",
+                         choices=("none", "scratch", "tfidf"))
     report: bool = _opt(True, "Write plots and report.html into the run folder.")
     top_k: int = _opt(5, "k of the top-k accuracy in the metrics.", flag="metrics-top-k")
     tta: bool = _opt(False, "Also evaluate with test-time augmentation (scores averaged with the horizontally "

@@ -169,7 +169,8 @@ def _tta_note(metrics: dict) -> str:
 def comparison_rows(metrics: dict) -> list[list]:
     rows = []
     for label, key in (("phase 1 (frozen backbone)", "phase1"), ("final (after fine-tuning)", None),
-                       ("from scratch, same budget", "baseline_scratch")):
+                       ("from scratch, same budget", "baseline_scratch"),
+                       ("TF-IDF + logistic regression", "baseline_tfidf")):
         m = metrics.get(key) if key else metrics
         if m and m.get("test"):
             rows.append([label, _fmt(m["test"]["accuracy"]), _fmt(m["test"].get("log_loss")),

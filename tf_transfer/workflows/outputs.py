@@ -73,7 +73,8 @@ def log_metrics(metrics: dict) -> None:
             log.info("%s", metrics_lib.format_any(metrics[split], f"{split} split (final model):"))
     rows = [(label, metrics.get(key, {}).get("test") if key else metrics.get("test"))
             for label, key in (("phase 1 (frozen backbone)", "phase1"), ("final (fine-tuned)", None),
-                               ("from scratch, same budget", "baseline_scratch"))]
+                               ("from scratch, same budget", "baseline_scratch"),
+                               ("TF-IDF + logistic regression", "baseline_tfidf"))]
     rows = [(label, m) for label, m in rows if m]
     if len(rows) > 1:
         log.info("Test accuracy: %s", "; ".join(f"{label} {m['accuracy']:.4f}" for label, m in rows))
@@ -125,8 +126,9 @@ class Outputs:
             metrics["tta"] = evaluate_splits(model, self.splits.evaluation(), self.data.tasks, self.config,
                                              tta=True)
         if self.baseline:
-            metrics["baseline_scratch"] = self.run.done("baseline") or self.baseline(self.data)
-            self.run.mark_done("baseline", metrics["baseline_scratch"])
+            key = f"baseline_{self.config.evaluation.baseline}"
+            metrics[key] = self.run.done("baseline") or self.baseline(self.data)
+            self.run.mark_done("baseline", metrics[key])
         flags = self._not_learnt(metrics, predictions)
         if flags:
             metrics["not_learnt"] = flags

@@ -16,7 +16,7 @@ import platform
 from pathlib import Path
 
 from tf_transfer.config import Config
-from tf_transfer.errors import RunError
+from tf_transfer.errors import ConfigError, RunError
 from tf_transfer.folders import RunDir
 from tf_transfer.training import distribute, phases
 from tf_transfer.training.distribute import Session
@@ -48,6 +48,7 @@ def fine_tune(config: Config, run: RunDir, session: Session, modality: Images) -
 def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
     """Train a new run of `config` (or resume the run in `resume_dir`); returns its results."""
     config = with_modality_defaults(config)
+    check_baseline(config)
     with distribute.session(config) as session:
         run_dir = _run_dir(config, resume_dir, session)
         with run_dir.logging():
@@ -67,6 +68,15 @@ def with_modality_defaults(config: Config) -> Config:
     from tf_transfer.workflows.texts import is_text, text_defaults
 
     return text_defaults(config) if is_text(config) else config
+
+
+def check_baseline(config: Config) -> None:
+    """--baseline tfidf is for texts: refused for an image run before anything starts."""
+    from tf_transfer.workflows.texts import is_text
+
+    if config.evaluation.baseline == "tfidf" and not is_text(config):
+        raise ConfigError("--baseline tfidf is a text baseline (TF-IDF + logistic regression); an image run "
+                          "compares with --baseline scratch")
 
 
 def modality_for(config: Config, prepared=None) -> Images:
@@ -128,8 +138,12 @@ def scratch_config(config: Config) -> Config:
 
 
 def _baseline(config: Config, run: RunDir, session: Session, modality: Images):
-    """With --baseline scratch: a function that trains the baseline (in the run's own strategy) and
-    returns its val/test metrics."""
+    """With --baseline: a function that trains the baseline on the run's data (scratch: in the run's own
+    strategy) and returns its val/test metrics; checked before any training."""
+    if config.evaluation.baseline == "tfidf":
+        from tf_transfer.workflows.texts import tfidf_baseline
+
+        return lambda data: tfidf_baseline(config, data)
     if config.evaluation.baseline != "scratch":
         return None
 

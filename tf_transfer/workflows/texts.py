@@ -53,6 +53,30 @@ def is_text(config: Config) -> bool:
     return text_backbones.is_text(config.model.backbone, config.model.preprocessor)
 
 
+def tfidf_baseline(config: Config, data: ImageData) -> dict:
+    """--baseline tfidf: TF-IDF (1-2 grams) + logistic regression trained on the run's own training split;
+    its val/test metrics, computed as the run's are."""
+    import numpy as np
+
+    from tf_transfer.evaluation import metrics as metrics_lib
+    from tf_transfer.models import tfidf
+
+    def split(name: str) -> tuple[list[str], list[int]]:
+        return [e.key for e in data.splits[name]], [e.label for e in data.splits[name]]
+
+    train_texts, train_labels = split("train")
+    log.info("Baseline: TF-IDF (1-2 grams) + logistic regression on the same %d training texts", len(train_texts))
+    model = tfidf.train(train_texts, train_labels, split("val") if data.splits["val"] else None, data.num_classes,
+                        config.seed)
+    out = {}
+    for name in ("val", "test"):
+        if data.splits[name]:
+            found, labels = split(name)
+            out[name] = metrics_lib.metrics(np.asarray(labels), tfidf.probabilities(model, found),
+                                            list(data.class_names), config.evaluation.top_k)
+    return out
+
+
 class Texts(Images):
     """Text classification inputs: strings in, tokenised inside the model."""
 
