@@ -84,7 +84,7 @@ def suite(name: str, workdir: Path, extra: tuple[str, ...] = (), env: dict | Non
 def _rcfile(workdir: Path) -> Path:
     rc = workdir / "coveragerc"
     # absolute paths: tests start subprocesses in other folders, whose data files must land here too
-    rc.write_text(f"[run]\nsource = {ROOT / 'tf_transfer'}\nparallel = true\npatch = subprocess\n"
+    rc.write_text(f"[run]\nsource = {ROOT / 'tf_transfer'}\nparallel = true\npatch = subprocess\n    _exit\n"
                   f"data_file = {workdir / '.coverage'}\n")
     return rc
 
