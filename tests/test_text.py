@@ -254,12 +254,40 @@ def test_an_hf_repo_id_needs_huggingface_hub_or_a_network(monkeypatch):
 
 
 @pytest.mark.slow
-def test_text_runs_reexport_and_refuse_publishing_with_a_message(text_run):
+def test_a_text_run_reexports_and_publishes_an_encoder_that_gives_the_same_scores(text_run, text_data, tmp_path):
+    import tensorflow_hub as hub
+
+    from tf_transfer import publish
     from tf_transfer.errors import RunError
-    from tf_transfer.workflows import exporting, publishing
+    from tf_transfer.folders import PublishedDir
+    from tf_transfer.workflows import exporting, publishing, recipe
 
     again = exporting.export_run(text_run.run_dir)
     assert again.name == "2" and tf.saved_model.load(str(again)).signatures["serving_default"](
         text=tf.constant(["good"]))["scores"].shape == (1, 3)
-    with pytest.raises(RunError, match="is a text run; publishing covers image backbones so far"):
-        publishing.publish(str(text_run.run_dir), str(again.parent.parent / "published"))
+    with pytest.raises(RunError, match="publish the run folder it came from"):
+        publishing.publish(str(again), str(tmp_path / "from_export"))
+
+    out = tmp_path / "published"
+    assert publish.main([str(text_run.run_dir), "--out", str(out), "--license", "CC0-1.0"]) == 0
+    encoder, preprocess = out / PublishedDir.ENCODER, out / PublishedDir.PREPROCESSOR
+    for folder in (encoder, preprocess):
+        PublishedDir(folder).check()  # every file matches its manifest
+        card = json.loads((folder / PublishedDir.CARD).read_text())
+        assert card["license"] == "CC0-1.0" and card["round_trip_check"]["max_feature_diff"] < 1e-4
+    assert (preprocess / "assets" / "vocab.txt").read_text().splitlines()[:1] and "hub.KerasLayer" in (
+        out / PublishedDir.README).read_text()
+
+    # reloaded as a consumer does, the two give the run's features, and with the run's head its scores
+    model = publishing.load(str(text_run.run_dir)).classifier  # the run's classifier, from its final weights
+    texts = ["a great and wonderful film", "the worst and most boring story", "", "Ünïcödé 😀"]
+    pooled = hub.KerasLayer(str(encoder), trainable=True)(hub.KerasLayer(str(preprocess))(tf.constant(texts)))
+    scores = model.get_layer("head")(pooled["pooled_output"]).numpy()
+    np.testing.assert_allclose(scores, model(tf.constant(texts)).numpy(), atol=1e-5)
+
+    # and tf_transfer fine-tunes on them, as on any TF-Hub BERT encoder
+    config = make_config(tmp_path, f"csv:{text_data / 'reviews.csv'}", name="on_published", **{
+        "model.backbone": f"hub:{encoder}", "model.preprocessor": f"hub:{preprocess}", "phase1.epochs": 1,
+        "phase2.epochs": 1, "export.enabled": False, "evaluation.report": False})
+    trainable = recipe.run(config).trainable_params
+    assert trainable["phase2"] > trainable["phase1"] > 0  # the published encoder trains in phase 2

@@ -684,6 +684,9 @@ class PublishedDir:
     CARD = "tf_transfer_card.json"
     README = "README.md"
     MANIFEST = "SHA256SUMS"
+    # a published text encoder is two such folders side by side (TF-Hub's BERT encoder and preprocessor)
+    ENCODER = "encoder"
+    PREPROCESSOR = "preprocess"
 
     def __init__(self, path: str | Path | GPath):
         self.path = fs.path(path)

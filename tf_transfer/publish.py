@@ -3,10 +3,14 @@
     python -m tf_transfer.publish runs/NAME/STAMP --out published/NAME-backbone
     python -m tf_transfer.publish saved_models/NAME[/VERSION] --out gs://bucket/backbones/NAME --license Apache-2.0
 
-The folder holds the feature extractor (float32 images in [0, 1] in, features out; the run's
-preprocessing inside), a model card (README.md and tf_transfer_card.json) and SHA256SUMS. It is
+For an image run the folder holds the feature extractor (float32 images in [0, 1] in, features out; the
+run's preprocessing inside), a model card (README.md and tf_transfer_card.json) and SHA256SUMS. It is
 checked by reloading it with hub.KerasLayer(trainable=True) before it appears; then any team can
 fine-tune it with `python -m tf_transfer.train --backbone hub:FOLDER`.
+
+For a text run it holds two such folders in the TF-Hub BERT contract: preprocess/ (strings in, the
+encoder inputs out, the vocabulary as an asset) and encoder/ (those in; sequence_output, pooled_output
+and default out), used with `--backbone hub:FOLDER/encoder --preprocessor hub:FOLDER/preprocess`.
 """
 
 from __future__ import annotations

@@ -44,7 +44,10 @@ class BertTokenize(keras.layers.Layer):
     """strings [batch] -> {input_word_ids, input_mask, input_type_ids} int32 [batch, length], where
     length is the longest sequence in the batch (at most max_seq_length): padding costs nothing."""
 
-    def __init__(self, vocab: list[str], lower_case: bool = True, max_seq_length: int = 128, **kwargs):
+    def __init__(self, vocab: list[str], lower_case: bool = True, max_seq_length: int = 128,
+                 vocab_file: str | None = None, **kwargs):
+        """`vocab_file` (the same tokens, one per line): the table is read from it, so a SavedModel of
+        this layer carries the vocabulary as an asset (assets/vocab.txt) as TF-Hub preprocessors do."""
         super().__init__(**kwargs)
         if max_seq_length < 3:
             raise BackboneError(f"--max-seq-length: expected at least 3 ([CLS], a token, [SEP]), got {max_seq_length}")
@@ -52,7 +55,9 @@ class BertTokenize(keras.layers.Layer):
         digest = hashlib.sha256("\n".join(vocab).encode()).hexdigest()[:12]
         self.mode = f"wordpiece-{digest}-{'uncased' if lower_case else 'cased'}-{max_seq_length}"
         self.ids = {t: vocab.index(t) for t in SPECIALS}
-        initializer = tf.lookup.KeyValueTensorInitializer(
+        initializer = tf.lookup.TextFileInitializer(
+            vocab_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
+            tf.lookup.TextFileIndex.LINE_NUMBER) if vocab_file else tf.lookup.KeyValueTensorInitializer(
             tf.constant(self.vocab), tf.range(len(self.vocab), dtype=tf.int64), key_dtype=tf.string,
             value_dtype=tf.int64)
         self.table = tf.lookup.StaticVocabularyTable(initializer, num_oov_buckets=1)

@@ -3,10 +3,9 @@ SavedModel in the TF-Hub format, with a model card (README.md and JSON) and a ch
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tf_transfer import config as config_lib
@@ -29,6 +28,8 @@ class Source:
     config: dict  # with local paths redacted
     class_names: list[str]
     metrics: dict
+    kind: str = "image"  # "text": an encoder and its preprocessor are published (workflows.publishing_text)
+    samples: list = field(default_factory=list)  # texts for a text encoder's round-trip check
 
 
 def publish(source: str, out: str, license: str = "unspecified", overwrite: bool = False) -> Path | GPath:
@@ -37,6 +38,10 @@ def publish(source: str, out: str, license: str = "unspecified", overwrite: bool
     if final.exists() and any(True for _ in final.iterdir()) and not overwrite:
         raise RunError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     src = load(source)
+    if src.kind == "text":
+        from tf_transfer.workflows.publishing_text import publish_text
+
+        return publish_text(src, final, license)
     features = reusable.feature_model(src.classifier)
     with folders.atomic_dir(final, replace=True) as tmp:
         reusable.save(features, tmp)
@@ -53,6 +58,9 @@ def publish(source: str, out: str, license: str = "unspecified", overwrite: bool
 
 def next_step(out: Path | GPath) -> str:
     """What a command prints after publishing: where it is and how to fine-tune it."""
+    if (fs.path(out) / PublishedDir.ENCODER).is_dir():
+        return (f"Published: {out}\nFine-tune it: python -m tf_transfer.train --backbone hub:{out}/"
+                f"{PublishedDir.ENCODER} --preprocessor hub:{out}/{PublishedDir.PREPROCESSOR} --data ...")
     return f"Published: {out}\nFine-tune it: python -m tf_transfer.train --backbone hub:{out} --data ..."
 
 
@@ -65,34 +73,32 @@ def load(source: str) -> Source:
 
 
 def _from_run(run: RunDir) -> Source:
-    from tf_transfer.data import datasets
-    from tf_transfer.workflows.images import Images
-    from tf_transfer.workflows.texts import is_text
+    from tf_transfer.data import datasets, texts
+    from tf_transfer.workflows.recipe import modality_for
 
     config = config_lib.load(run.config_file)
     if not run.has_weights("final"):
         raise RunError(f"{run.location} has no final weights; expected a run folder that finished training")
-    if is_text(config):
-        raise RunError(f"{run.location} is a text run; publishing covers image backbones so far (a text encoder is "
-                       "published with its preprocessing model in a later version)")
-    modality = Images(config)
+    modality = modality_for(config)
     data = datasets.load_split(run)
     model = modality.rebuild(modality.heads(data), run.weights_file("final"))
+    text = modality.kind == "text"
     return Source(model, {"run": run.path.name}, savedmodel.redact_paths(config.to_dict()), list(data.class_names),
-                  run.read_json(RunDir.METRICS, {}) or {})
+                  run.read_json(RunDir.METRICS, {}) or {}, modality.kind, texts.sample_texts(data) if text else [])
 
 
 def _from_export(version: Path | GPath) -> Source:
     from tf_transfer._keras import keras
     from tf_transfer.models import layers
 
+    config = folders.read_json(version / ModelDir.CONFIG, {}) or {}
+    if config.get("resolved", {}).get("input") == "text":
+        raise RunError(f"{version} is a text model: publish the run folder it came from (config.json's \"run\" "
+                       "names it), which holds the encoder's weights and its tokenizer")
     try:
         model = keras.models.load_model(str(version), compile=False, custom_objects=layers.custom_objects())
     except Exception as e:
         raise RunError(f"{version} could not be loaded as a tf_transfer export: {str(e).splitlines()[0]}") from e
-    config = json.loads((version / ModelDir.CONFIG).read_text())
-    if config.get("resolved", {}).get("input") == "text":
-        raise RunError(f"{version} is a text model; publishing covers image backbones so far")
     labels = [f"{t.prefix}{c}" for t in savedmodel.export_tasks(version) for c in t.class_names]  # every task's
     metrics = folders.read_json(version / ModelDir.METRICS, {}) or {}
     return Source(model, {"export": f"{version.parent.name}/{version.name}"}, config, labels, metrics)
