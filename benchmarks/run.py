@@ -32,6 +32,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def _measure(name: str, workdir: Path):
     from benchmarks import (
+        bench_adapt,
         bench_ci,
         bench_distribute,
         bench_finetune,
@@ -55,6 +56,7 @@ def _measure(name: str, workdir: Path):
         "pretrain": lambda: bench_pretrain.run(workdir),
         "multitask": lambda: bench_multitask.run(workdir),
         "text": lambda: bench_text.run(workdir),
+        "adapt": lambda: bench_adapt.run(workdir),
         "distribute": lambda: bench_distribute.run(workdir),
         "speed": lambda: bench_speed.run(workdir),
         "finetune": lambda: bench_finetune.run(workdir),
@@ -111,7 +113,8 @@ def write_files(results: dict[str, dict]) -> None:
     readme.write_text(text)
 
 
-SECTIONS = ["input_pipeline", "frozen_phase", "serving", "transfer", "pretrain", "multitask", "text", "distribute",
+SECTIONS = ["input_pipeline", "frozen_phase", "serving", "transfer", "pretrain", "multitask", "text", "adapt",
+            "distribute",
             "speed", "finetune",
             "reliability", "keras3", "ci"]
 

@@ -272,6 +272,7 @@ class RunDir:
     CHECKPOINTS = "checkpoints"
     EXPORT_PATH = "export_path.txt"
     BASELINE = "baseline_scratch"
+    HF_CHECKPOINT = "hf_checkpoint"  # a text encoder adapted by pretrain --method mlm, in the Hugging Face layout
     WORKERS = "workers"
 
     def __init__(self, path: str | Path | GPath, chief: bool = True, worker: int = 0):

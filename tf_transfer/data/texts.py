@@ -224,4 +224,64 @@ def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
         return [row[t] for row in reader if len(row) > t]
 
 
-__all__ = ["KIND", "SPLITS", "pipeline", "prepare", "read_texts", "sample_texts"]
+def unlabelled_texts(cfg: DataConfig) -> tuple[list[str], dict[str, str]]:
+    """Every text of ``cfg.source``, labels ignored (pre-training): ``csv:PATH`` (its text column; other
+    columns such as a label are not read), a ``.txt`` file (one text per line), a folder of ``.txt`` files
+    at any depth (one text per file, aclImdb's unsup/ included) or ``tfds:NAME`` (every split's texts).
+    Returns (texts, skipped: {where: why})."""
+    source, text_column, skipped = cfg.source, cfg.text_column, {}
+    path = fs.path(source[len("csv:"):] if source.startswith("csv:") else source)
+    if source.startswith("tfds:"):
+        texts = [t for _, t, _ in _tfds_rows(source[len("tfds:"):], cfg.tfds_data_dir)[0]]
+    elif source.startswith("csv:") or path.suffix.lower() == ".csv":
+        texts = _csv_texts(path, text_column, skipped)
+    elif path.is_file():
+        texts = []
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                _keep(line.rstrip("\r\n"), f"{path}, line {number}", texts, skipped)
+    elif path.is_dir():
+        texts = []
+        for file in sorted(p for p in fs.files_under(path) if p.suffix.lower() == ".txt"
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts)):
+            _keep(file.read_bytes()[:MAX_TEXT_BYTES + 1].decode("utf-8", "replace"), str(file), texts, skipped)
+    else:
+        raise DataError(f"--data {source!r}: unlabelled texts are csv:PATH (with a {text_column!r} column), a .txt "
+                        "file of one text per line, a folder of .txt files or tfds:NAME")
+    if not texts:
+        raise DataError(f"--data {source}: no usable text found ({len(skipped)} empty or unusable)")
+    return texts, skipped
+
+
+def _keep(text: str, where: str, texts: list[str], skipped: dict[str, str]) -> None:
+    if not text.strip():
+        skipped[where] = "empty"
+    elif len(text.encode("utf-8", "replace")) > MAX_TEXT_BYTES:
+        skipped[where] = f"the text is over {MAX_TEXT_BYTES >> 20} MB"
+    else:
+        texts.append(text)
+
+
+def _csv_texts(path, text_column: str, skipped: dict[str, str]) -> list[str]:
+    csv.field_size_limit(MAX_TEXT_BYTES * 4)
+    texts: list[str] = []
+    with fs.path(path).open(newline="", encoding="utf-8-sig", errors="replace") as f:
+        reader = csv.reader(f)
+        header = [c.strip().lower() for c in next(reader, [])]
+        if text_column.lower() not in header:
+            raise DataError(f"{path}: no column {text_column!r}; its header is {','.join(header) or '(empty)'} "
+                            "(set --text-column)")
+        t = header.index(text_column.lower())
+        try:
+            for row in reader:
+                where = f"{path}, line {reader.line_num}"
+                if len(row) <= t:
+                    skipped[where] = f"expected at least {t + 1} columns, got {len(row)}"
+                else:
+                    _keep(row[t], where, texts, skipped)
+        except csv.Error as e:
+            raise DataError(f"{path}, line {reader.line_num}: the CSV cannot be parsed ({e})") from None
+    return texts
+
+
+__all__ = ["KIND", "SPLITS", "pipeline", "prepare", "read_texts", "sample_texts", "unlabelled_texts"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 
@@ -10,8 +11,9 @@ from tf_transfer._keras import keras
 from tf_transfer.errors import Preempted
 from tf_transfer.folders import RunDir
 
-__all__ = ["HistoryRecorder", "Preempted", "PreemptionSaver", "StageFinisher", "StateRecorder", "TaskMeans",
-           "quiet_batch_timing"]
+__all__ = ["HistoryRecorder", "Preempted", "PreemptionSaver", "ProgressLog", "StageFinisher", "StateRecorder",
+           "TaskMeans", "quiet_batch_timing"]
+log = logging.getLogger(__name__)
 
 
 class StageFinisher(keras.callbacks.Callback):
@@ -168,3 +170,33 @@ class PreemptionSaver(keras.callbacks.Callback):
         self._restore()
         if self._requested:  # after the last epoch: the stage is finished and recorded
             raise Preempted("SIGTERM: the stage had finished and is saved")
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """Log a fit's metrics at each epoch's end and during it every tenth of the epoch or 20 steps, whichever
+    is longer, as "<what> epoch e/E, step s/S: name value, ..." (the run log shows progress without
+    Keras' progress bar)."""
+
+    def __init__(self, what: str, steps: int, names: dict[str, str]):
+        super().__init__()
+        self.what, self.steps, self.names = what, steps, names  # names: {logs key: how the log line says it}
+        self.every = max(20, steps // 10)
+        self._epoch = 0
+
+    def _line(self, logs: dict, prefix: str = "") -> str:
+        return ", ".join(f"{label} {float(logs[prefix + key]):.4g}" for key, label in self.names.items()
+                         if prefix + key in logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.every == 0 and batch + 1 < self.steps:
+            log.info("%s epoch %d/%d, step %d/%d: %s", self.what, self._epoch + 1, self.params.get("epochs", 0),
+                     batch + 1, self.steps, self._line(logs or {}))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        held_out = self._line(logs, "val_")
+        log.info("%s epoch %d/%d done: %s%s", self.what, epoch + 1, self.params.get("epochs", 0), self._line(logs),
+                 f"; validation: {held_out}" if held_out else "")

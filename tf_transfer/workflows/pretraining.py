@@ -11,6 +11,9 @@
 
 Either way it is a normal run (run folder, resume, strategies, report) followed by
 :func:`~tf_transfer.workflows.publishing.publish`.
+
+- ``mlm``: masked-language modelling on unlabelled texts, continuing a BERT-family encoder (``hf:DIR``)
+  and publishing it in the TF-Hub BERT contract (:mod:`~tf_transfer.workflows.pretraining_text`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from tf_transfer.fs import GPath
 
 log = logging.getLogger(__name__)
 
-METHODS = ("supervised", "rotation")
+METHODS = ("supervised", "rotation", "mlm")
 ROTATIONS = ("rot000", "rot090", "rot180", "rot270")  # sorted names = label order
 
 
@@ -39,6 +42,10 @@ def pretrain(config: Config, method: str, out: str, license: str = "unspecified"
 
     if method not in METHODS:
         raise ConfigError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    if method == "mlm" or (resume_dir is not None and RunDir.existing(resume_dir).state().get("method") == "mlm"):
+        from tf_transfer.workflows.pretraining_text import pretrain_mlm
+
+        return pretrain_mlm(config, out, license, overwrite, resume_dir)
     if resume_dir is None:
         config = pretrain_config(config, method)
     else:  # the interrupted run's own config (and for rotation its data folder)

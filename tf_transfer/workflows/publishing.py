@@ -34,9 +34,7 @@ class Source:
 
 def publish(source: str, out: str, license: str = "unspecified", overwrite: bool = False) -> Path | GPath:
     """Write `source`'s backbone to `out` (whole or not at all); returns `out`."""
-    final = fs.path(out)
-    if final.exists() and any(True for _ in final.iterdir()) and not overwrite:
-        raise RunError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    final = target(out, overwrite)
     src = load(source)
     if src.kind == "text":
         from tf_transfer.workflows.publishing_text import publish_text
@@ -53,6 +51,14 @@ def publish(source: str, out: str, license: str = "unspecified", overwrite: bool
         folders.write_text(tmp / PublishedDir.README, readme(card))
         PublishedDir(tmp).write_manifest()
     log.info("Published the backbone of %s to %s", next(iter(src.origin.values())), final)
+    return final
+
+
+def target(out: str, overwrite: bool = False) -> Path | GPath:
+    """--out as a path, refused when it holds something and --overwrite is not given."""
+    final = fs.path(out)
+    if final.exists() and any(True for _ in final.iterdir()) and not overwrite:
+        raise RunError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     return final
 
 

@@ -63,7 +63,7 @@ def model_card(src, check: dict, license: str) -> dict:
                          "pooling": src.classifier.get_layer("pooler").mode},
         "source_data": {"source": src.config.get("data", {}).get("source", ""), "class_names": src.class_names},
         "training": {"from": src.origin, "config": src.config},
-        "metrics": {k: src.metrics[k] for k in ("val", "test", "phase1") if k in src.metrics},
+        "metrics": {k: src.metrics[k] for k in ("val", "test", "phase1", "mlm") if k in src.metrics},
         "versions": recipe.versions(),
         "license": license,
         "published": time.strftime("%Y-%m-%d"),
@@ -75,8 +75,7 @@ def readme(card: dict) -> str:
     """The card as README.md: the two folders, how to use them, where they came from."""
     pre, enc = card["preprocessor"], card["encoder"]
     width = enc["outputs"]["pooled_output"]["shape"][1]
-    test = card["metrics"].get("test") or card["metrics"].get("val") or {}
-    accuracy = f"{test['accuracy']:.4f}" if "accuracy" in test else "not recorded"
+    origin = _origin(card)
     return f"""# Published text encoder: {card['architecture']['backbone']}
 
 Two reusable SavedModels in the TF-Hub BERT contract, published by tf_transfer.
@@ -87,8 +86,7 @@ Two reusable SavedModels in the TF-Hub BERT contract, published by tf_transfer.
 - **`{enc['folder']}/`** (the encoder): those in; `sequence_output` `[batch, seq, {width}]`, `pooled_output`
   and `default` `[batch, {width}]` out. `pooled_output` is what the run's classifier head saw
   ({card['architecture']['pooling']} pooling).
-- **Source data**: `{card['source_data']['source']}`, {len(card['source_data']['class_names'])} classes;
-  accuracy of the classifier it came from: {accuracy}.
+- **Source data**: `{card['source_data']['source']}`; {origin}.
 - **License**: {card['license']}. Published {card['published']} with TensorFlow {card['versions']['tensorflow']}.
 
 Use it (import `tensorflow_text` first: the preprocessor's ops live there):
@@ -105,3 +103,19 @@ or as a tf_transfer backbone: `python -m tf_transfer.train --backbone hub:PATH/{
 hub:PATH/{pre['folder']} --data csv:...`. Each folder's `{PublishedDir.MANIFEST}` lists a SHA-256 per file;
 tf_transfer checks it before loading. The full recipe, metrics and versions are in `{PublishedDir.CARD}`.
 """
+
+
+def _origin(card: dict) -> str:
+    """How the encoder was trained, in a few words (for the README)."""
+    metrics = card["metrics"]
+    if "mlm" in metrics:
+        m = metrics["mlm"]
+        before, after = (m.get(k, {}).get("masked_accuracy") for k in ("before", "after"))
+        scores = (f"; masked-token accuracy on {m.get('val_texts')} held-out texts {before:.4f} before, "
+                  f"{after:.4f} after" if before is not None and after is not None else "")
+        return (f"adapted by masked-language modelling on {m.get('train_texts')} texts (labels not used) for "
+                f"{m.get('epochs')} epochs{scores}")
+    test = metrics.get("test") or metrics.get("val") or {}
+    accuracy = f"{test['accuracy']:.4f}" if "accuracy" in test else "not recorded"
+    return (f"{len(card['source_data']['class_names'])} classes; accuracy of the classifier it came from: "
+            f"{accuracy}")

@@ -52,7 +52,7 @@ def run(config: Config, resume_dir: str | Path | None = None) -> RunResult:
     with distribute.session(config) as session:
         run_dir = _run_dir(config, resume_dir, session)
         with run_dir.logging():
-            _record_versions(run_dir)
+            record_versions(run_dir)
             return fine_tune(config, run_dir, session, modality_for(config))
 
 
@@ -105,7 +105,8 @@ def _run_dir(config: Config, resume_dir: str | Path | None, session: Session) ->
     return run
 
 
-def _record_versions(run: RunDir) -> None:
+def record_versions(run: RunDir) -> None:
+    """versions.json, written once per run folder."""
     if not (run.path / RunDir.VERSIONS).is_file():
         run.write_json(RunDir.VERSIONS, versions())
 
