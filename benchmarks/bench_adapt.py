@@ -55,8 +55,8 @@ def subset(source: Path, labels: int, seed: int, workdir: Path) -> Path:
         for r in train:
             by_class.setdefault(r["label"], []).append(r)
         picked = []
-        for members in by_class.values():  # each class in proportion, at least one
-            n = max(1, round(labels * len(members) / len(train)))
+        for members in by_class.values():  # each class in proportion, at least two
+            n = max(2, round(labels * len(members) / len(train)))
             picked += [members[i] for i in rng.permutation(len(members))[:n]]
         train = picked
     return _write(workdir / f"labels{labels}-seed{seed}.csv", train + [r for r in rows if r["split"] != "train"])
