@@ -140,12 +140,11 @@ def _stop_after_first_epoch(runs) -> threading.Thread:
 
 
 @pytest.mark.slow
-def test_mlm_adapts_an_encoder_resumes_after_a_stop_and_publishes_one_that_trains(tiny_hf, text_data, tmp_path):
+def test_mlm_adapts_an_encoder_resumes_after_a_stop_and_publishes_it(tiny_hf, text_data, tmp_path):
     import tensorflow_hub as hub
 
     from tf_transfer import pretrain
     from tf_transfer.models import text_backbones
-    from tf_transfer.workflows import recipe
 
     out, runs = tmp_path / "published", tmp_path / "runs"
     runs.mkdir()
@@ -182,10 +181,7 @@ def test_mlm_adapts_an_encoder_resumes_after_a_stop_and_publishes_one_that_train
     encoded = adapted.preprocess(tf.constant(sample))
     np.testing.assert_allclose(published(encoded)["pooled_output"].numpy(), text.masked_mean(
         adapted.layer(encoded)["sequence_output"], encoded["input_mask"]).numpy(), atol=1e-5)  # the same encoder
-
-    config = make_config(tmp_path, f"csv:{text_data / 'reviews.csv'}", name="on_adapted", **{
-        "model.backbone": f"hub:{out / PublishedDir.ENCODER}", "model.preprocessor":
-        f"hub:{out / PublishedDir.PREPROCESSOR}", "phase1.epochs": 1, "phase2.epochs": 1, "export.enabled": False,
-        "evaluation.report": False})
-    trainable = recipe.run(config).trainable_params
-    assert trainable["phase2"] > trainable["phase1"] > 0  # the adapted encoder fine-tunes
+    original = text_backbones.build(f"hf:{tiny_hf}", "pretrained", "", 24, "auto").layer(encoded)["sequence_output"]
+    assert not np.allclose(original.numpy(), adapted.layer(encoded)["sequence_output"].numpy(), atol=1e-3)
+    # publish_text checked that hub.KerasLayer(trainable=True) reloads it; tests/test_text.py trains on such a
+    # published encoder with --backbone hub: --preprocessor hub:
