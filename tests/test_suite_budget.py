@@ -40,6 +40,6 @@ def test_a_suite_within_its_budget_passes(tmp_path):
     assert _pytest(tmp_path).returncode == 0
 
 
-def test_the_budget_is_written_once_and_is_five_minutes():
+def test_the_budget_is_written_once_and_is_five_minutes_plus_a_fifth():
     text = (ROOT / "pyproject.toml").read_text()
-    assert re.findall(r"^default_suite_budget_seconds = (\d+)$", text, re.M) == ["300"]
+    assert re.findall(r"^default_suite_budget_seconds = (\d+)$", text, re.M) == ["360"]
