@@ -606,9 +606,14 @@ def benchmarks_md(results: dict[str, dict]) -> str:
             parts.append(f"## {name}\n\nNot measured yet (`python -m benchmarks.run --only {name}`).\n")
             continue
         if name == "ci" and "ci_before" in results:  # the suites' cost before and after the work on them
-            before = results["ci_before"]
-            text = fn(record["result"], before["result"], f"commit `{before['commit']}`")
-            parts.append(text + "\n" + _stamp(record) + " Before: " + _stamp(before) + "\n")
+            before, result, extra = results["ci_before"], record["result"], ""
+            coverage = results.get("ci_coverage")
+            if coverage and "coverage" not in result:  # coverage and the one-process run from their own run
+                result = {**result, **{k: coverage["result"][k] for k in ("coverage", "one_process")
+                                       if k in coverage["result"]}}
+                extra = " Coverage and the one-process run: " + _stamp(coverage)
+            text = fn(result, before["result"], f"commit `{before['commit']}`")
+            parts.append(text + "\n" + _stamp(record) + extra + " Before: " + _stamp(before) + "\n")
             continue
         parts.append(fn(record["result"]) + "\n" + _stamp(record) + "\n")
     return "\n".join(parts)
