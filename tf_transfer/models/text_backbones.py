@@ -39,6 +39,7 @@ class TextBackbone:
     layer: keras.layers.Layer  # the encoder, named "backbone"
     pooling: str  # "pooled" | "mean"
     description: str
+    cfg: BertConfig | None = None  # the encoder's shape, for an hf: checkpoint (TF-Hub encoders do not say)
 
 
 def is_text(backbone: str, preprocessor: str = "") -> bool:
@@ -105,10 +106,11 @@ def build_hf(location: str, weights: str, max_seq_length: int, pooling: str) -> 
     tokenize = BertTokenize(read_vocab(folder / HF_VOCAB), lower, max_seq_length, name="preprocess")
     description = (f"hf:{location} (BERT {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
                    f"{'random init' if weights == 'none' else 'pretrained'}), {chosen} pooling")
-    return TextBackbone(tokenize, encoder, chosen, description)
+    return TextBackbone(tokenize, encoder, chosen, description, cfg)
 
 
-def _hf_weights(path: Path) -> dict[str, np.ndarray]:
+def checkpoint_tensors(path: Path) -> dict[str, np.ndarray]:
+    """A model.safetensors' arrays by checkpoint key, the encoder's without their "bert." prefix."""
     if not path.is_file():
         raise BackboneError(f"{path} does not exist; expected the checkpoint's model.safetensors "
                             "(or pass --weights none for random initialisation)")
@@ -148,7 +150,7 @@ def _assignments(encoder: keras.Model, cfg: BertConfig) -> list[tuple[object, st
 def load_safetensors(encoder: keras.Model, cfg: BertConfig, path: Path) -> None:
     """Fill the encoder from a Hugging Face BERT checkpoint; every variable must be found with its shape
     (LayerNorm's older gamma/beta names are accepted; a missing pooler is left at its initial values)."""
-    tensors = _hf_weights(path)
+    tensors = checkpoint_tensors(path)
     missing, wrong = [], []
     for variable, key, transpose in _assignments(encoder, cfg):
         old = key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")

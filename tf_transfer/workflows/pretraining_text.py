@@ -99,16 +99,14 @@ def build(config: Config):
 
     from tf_transfer._keras import keras
     from tf_transfer.models import mlm, text_backbones
-    from tf_transfer.models.text import BertConfig
 
     m = config.model
     keras.utils.set_random_seed(config.seed)
-    folder = text_backbones.hf_folder(m.backbone[len("hf:"):])
     backbone = text_backbones.build_hf(m.backbone[len("hf:"):], m.weights, m.max_seq_length, m.pooling)
-    cfg = BertConfig.from_hf(text_backbones._json(folder / text_backbones.HF_CONFIG))
-    model = mlm.MaskedLanguageModel(backbone.preprocess, backbone.layer, cfg, config.seed, name="masked_lm")
+    model = mlm.MaskedLanguageModel(backbone.preprocess, backbone.layer, backbone.cfg, config.seed, name="masked_lm")
     model(model.masked(tf.constant(["a"]), 0)[0])  # builds the head
-    head_found = m.weights != "none" and mlm.load_head(model.head, text_backbones._hf_weights(
+    folder = text_backbones.hf_folder(m.backbone[len("hf:"):])
+    head_found = m.weights != "none" and mlm.load_head(model.head, text_backbones.checkpoint_tensors(
         folder / text_backbones.HF_WEIGHTS))
     log.info("Backbone: %s; masked-language-model head %s, output layer tied to the word embeddings",
              backbone.description, "from the checkpoint" if head_found else "created (the checkpoint has none)")
