@@ -480,7 +480,7 @@ def _files_table(before: dict, after: dict) -> str:
     for name in ("default", "slow"):
         b, a = (before.get("suites") or {}).get(name, {}), (after.get("suites") or {}).get(name, {})
         files = sorted(set(b.get("per_file", {})) | set(a.get("per_file", {})),
-                       key=lambda f: -max(b.get("per_file", {}).get(f, 0), a.get("per_file", {}).get(f, 0)))
+                       key=lambda f: (-max(b.get("per_file", {}).get(f, 0), a.get("per_file", {}).get(f, 0)), f))
         for f in files:
             cells = [f"{x['per_file'][f]:.0f}" if f in x.get("per_file", {}) else "-" for x in (b, a)]
             if cells != ["-", "-"]:
@@ -559,11 +559,16 @@ def _adapt_by_labels(r: dict) -> list[tuple[int, dict[str, list[float]]]]:
         for labels, runs in sorted(by.items())]
 
 
+def _adapt_diffs(get: dict[str, list[float]]) -> list[float]:
+    """Adapted minus fine-tuned alone, per seed."""
+    return [a - b for a, b in zip(get["adapted"], get["base"], strict=True)]
+
+
 def _adapt_gains(r: dict) -> str:
     """Adapted minus fine-tuned alone, per label count, gain or loss said in words."""
     out = []
     for labels, get in _adapt_by_labels(r):
-        diffs = [a - b for a, b in zip(get["adapted"], get["base"], strict=True)]
+        diffs = _adapt_diffs(get)
         # Rounded as shown, so a "gain" is never a +0.000 seed.
         signs = {(round(d, 3) > 0) - (round(d, 3) < 0) for d in diffs}
         word = {frozenset({1}): "a gain in every seed", frozenset({-1}): "a loss in every seed"}.get(
@@ -575,7 +580,7 @@ def _adapt_gains(r: dict) -> str:
 def _adapt_expectation(r: dict) -> str:
     """Whether the fewest-labels row shows the gain the issue expected, said as met or missed."""
     labels, get = _adapt_by_labels(r)[0]
-    diffs = [a - b for a, b in zip(get["adapted"], get["base"], strict=True)]
+    diffs = _adapt_diffs(get)
     if min(diffs) > 0:
         return f"met at {labels:,} labels (a gain in every seed)."
     return f"missed: at {labels:,} labels adaptation lost {-statistics.mean(diffs):.3f} on average."
@@ -597,7 +602,7 @@ def adapt(r: dict) -> str:
         return "## Domain adaptation\n\nSkipped: ../shared's emotion set or MiniLM checkpoint is not present.\n"
     a, rows = r["adaptation"], []
     for labels, get in _adapt_by_labels(r):
-        gain = [x - y for x, y in zip(get["adapted"], get["base"], strict=True)]
+        gain = _adapt_diffs(get)
         rows.append(f"| {labels:,} | {_seeds(get['tfidf'])} | {_seeds(get['frozen'])} | {_seeds(get['base'])} | "
                     f"{_seeds(get['adapted'])} | {statistics.mean(gain):+.3f} "
                     f"({', '.join(f'{g:+.3f}' for g in gain)}) |")
