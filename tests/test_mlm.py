@@ -170,6 +170,7 @@ def test_mlm_adapts_an_encoder_resumes_after_a_stop_and_publishes_it(tiny_hf, te
     log = run.log_file.read_text()
     assert "MLM epoch 3/3 done: masked-token loss" in log and "perplexity" in log
     assert "head created (the checkpoint has none)" in log and "--backbone hf:" in log
+    assert "fine-tune the checkpoint itself too" in log  # the warning for a checkpoint without an MLM head
     for folder in (out / PublishedDir.ENCODER, out / PublishedDir.PREPROCESSOR):
         PublishedDir(folder).check()
     card = json.loads((out / PublishedDir.ENCODER / PublishedDir.CARD).read_text())

@@ -110,6 +110,11 @@ def build(config: Config):
         folder / text_backbones.HF_WEIGHTS))
     log.info("Backbone: %s; masked-language-model head %s, output layer tied to the word embeddings",
              backbone.description, "from the checkpoint" if head_found else "created (the checkpoint has none)")
+    if not head_found and m.weights != "none":
+        # bench_adapt measured a loss from adapting MiniLM, a checkpoint of this kind
+        log.warning("A checkpoint without a masked-language-model head was usually trained for something else "
+                    "(sentence-transformers: sentence embeddings), which adaptation can undo; fine-tune the "
+                    "checkpoint itself too and keep the better model")
     return model, backbone
 
 
