@@ -564,16 +564,22 @@ def _adapt_diffs(get: dict[str, list[float]]) -> list[float]:
     return [a - b for a, b in zip(get["adapted"], get["base"], strict=True)]
 
 
+GAIN_EVERY_SEED = "a gain in every seed"
+
+
+def _adapt_word(diffs: list[float]) -> str:
+    """Gain or loss only when every seed agrees, rounded as shown (so a "gain" is never a +0.000 seed)."""
+    signs = frozenset((round(d, 3) > 0) - (round(d, 3) < 0) for d in diffs)
+    return {frozenset({1}): GAIN_EVERY_SEED, frozenset({-1}): "a loss in every seed"}.get(
+        signs, "no consistent difference")
+
+
 def _adapt_gains(r: dict) -> str:
     """Adapted minus fine-tuned alone, per label count, gain or loss said in words."""
     out = []
     for labels, get in _adapt_by_labels(r):
         diffs = _adapt_diffs(get)
-        # Rounded as shown, so a "gain" is never a +0.000 seed.
-        signs = {(round(d, 3) > 0) - (round(d, 3) < 0) for d in diffs}
-        word = {frozenset({1}): "a gain in every seed", frozenset({-1}): "a loss in every seed"}.get(
-            frozenset(signs), "no consistent difference")
-        out.append(f"{labels:,} labels {statistics.mean(diffs):+.3f} ({word} of {len(diffs)})")
+        out.append(f"{labels:,} labels {statistics.mean(diffs):+.3f} ({_adapt_word(diffs)} of {len(diffs)})")
     return "; ".join(out)
 
 
@@ -581,9 +587,9 @@ def _adapt_expectation(r: dict) -> str:
     """Whether the fewest-labels row shows the gain the issue expected, said as met or missed."""
     labels, get = _adapt_by_labels(r)[0]
     diffs = _adapt_diffs(get)
-    if min(diffs) > 0:
-        return f"met at {labels:,} labels (a gain in every seed)."
-    return f"missed: at {labels:,} labels adaptation lost {-statistics.mean(diffs):.3f} on average."
+    word = _adapt_word(diffs)
+    verdict = "met" if word == GAIN_EVERY_SEED else "missed"
+    return f"{verdict}: at {labels:,} labels {statistics.mean(diffs):+.3f} ({word})."
 
 
 def _adapt_frozen(r: dict) -> str:
