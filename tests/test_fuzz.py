@@ -22,7 +22,13 @@ from PIL import Image
 from tf_transfer.data import images
 
 from .test_hardening import FRAME_BOMBS, gif, gif_frame, webp_animated_header, webp_canvas, webp_lossless_header
-from .test_server_hardening import model_root, predict_request, raw_request, server  # noqa: F401 - fixtures
+from .test_server_hardening import (  # noqa: F401 - fixtures
+    model_root,
+    predict_request,
+    raw_request,
+    server,
+    server_process,
+)
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -152,3 +158,40 @@ def test_fuzz_grpc_tensors(server, dtype, dims, values, name, signature):  # noq
         stub.Predict(request, timeout=30)
     except grpc.RpcError as e:
         assert e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), (e.code(), e.details())
+
+
+LEAVES = st.sampled_from(['"a"', "7", "-1.5", "true", "null", '{"b64": "AAAA"}', '"\\ud800"', "{}", '"\\u00e9"'])
+
+
+@FUZZ
+@given(depth=st.integers(0, 64), leaves=st.lists(LEAVES, min_size=1, max_size=3),
+       model=st.sampled_from(["shapes", "reviews"]), key=st.sampled_from(["instances", "inputs"]),
+       signature=st.sampled_from(["", "serving_pixels", "serving_pixels_uint8"]))
+def test_fuzz_rest_ranks_and_dtypes(server_process, depth, leaves, model, key, signature):  # noqa: F811
+    """Nested lists of any rank 0-64 with mixed values: a 200 or a 400 with a message, and the server lives."""
+    inner = "[" * depth + ", ".join(leaves) + "]" * depth if depth else leaves[0]
+    body = f'{{"{key}": {inner}, "signature_name": "{signature if model == "shapes" else ""}"}}'.encode()
+    status, payload = raw_request(server_process.port, b"POST /v1/models/" + model.encode() + b":predict HTTP/1.1\r\n"
+                                  + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    assert server_process.alive(), server_process.log.read_text()[-2000:]
+    assert status == 200 or (status == 400 and json.loads(payload)["error"]), (status, payload[:200])
+
+
+@FUZZ
+@given(dtype=st.sampled_from(DTYPES), rank=st.integers(0, 64), values=st.lists(st.integers(0, 255), max_size=2),
+       target=st.sampled_from([("shapes", "", "image_bytes"), ("shapes", "serving_pixels", "pixels"),
+                               ("reviews", "", "text")]))
+def test_fuzz_grpc_ranks_and_dtypes(server_process, dtype, rank, values, target):  # noqa: F811
+    """Tensors of rank 0-64 and any dtype: INVALID_ARGUMENT with a message or an answer, and the server lives."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    model, signature, name = target
+    request = predict_request(model, signature, name, dtype, [1] * rank, values[:1])
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{server_process.grpc_port}"))
+    try:
+        stub.Predict(request, timeout=30)
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details(), (e.code(), e.details())
+    assert server_process.alive(), server_process.log.read_text()[-2000:]

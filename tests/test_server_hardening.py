@@ -6,9 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import resource
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -95,6 +98,49 @@ def server(model_root):
     srv = serve.LocalServer([model_root], port=0, grpc_port=0, max_batch=16, max_body_mb=1, poll_seconds=0.2).start()
     yield srv
     srv.stop()
+
+
+class ServerProcess:
+    """`python -m tf_transfer.serve` in a process of its own, so that a crash shows as a dead process."""
+
+    def __init__(self, roots: list[Path], log: Path):
+        self.log = log
+        self.out = log.open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tf_transfer.serve", *map(str, roots), "--port", "0",
+                                      "--grpc-port", "0", "--max-batch", "16", "--poll-seconds", "0"],
+                                     stdout=self.out, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.port = self.grpc_port = 0
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and self.proc.poll() is None and not self.grpc_port:
+            time.sleep(0.2)
+            for line in log.read_text().splitlines():
+                if "REST: http://" in line:
+                    self.port = int(line.split("REST: http://")[1].split("/")[0].rsplit(":", 1)[1])
+                if "gRPC: " in line:
+                    self.grpc_port = int(line.rsplit(":", 1)[1])
+        assert self.alive() and self.port and self.grpc_port, log.read_text()[-3000:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.out.close()
+
+
+@pytest.fixture(scope="module")
+def server_process(model_root, text_run, tmp_path_factory):
+    """The image export (as 'shapes') and the text export (as 'reviews') served by a process of their own."""
+    text_root = tmp_path_factory.mktemp("served_text") / "reviews"
+    shutil.copytree(text_run.export_path, text_root / "1")
+    proc = ServerProcess([model_root, text_root], tmp_path_factory.mktemp("serve_log") / "serve.log")
+    yield proc
+    proc.stop()
 
 
 # --- the HTTP front end, with a trivial app and short timeouts ------------------------------------------
@@ -306,6 +352,50 @@ def test_the_all_policy_serves_every_complete_version(model_root, tmp_path):
         srv.stop()
     with pytest.raises(Exception, match="--version-policy"):
         serve.LocalServer([root], port=0, grpc_port=None, version_policy="newest")
+
+
+def nested(depth: int, leaf: str = '"a"') -> bytes:
+    return ("[" * depth + leaf + "]" * depth).encode()
+
+
+@pytest.mark.parametrize("model", ["shapes", "reviews"])
+def test_a_deep_request_is_400_and_the_server_process_lives(server_process, model):
+    """A 90-byte body of rank 33 crashed the process (TensorFlow converts a rank-33 string array with SIGSEGV)."""
+    path = f"/v1/models/{model}:predict"
+    expected = "a list of strings" if model == "reviews" else "a list of base64 images"
+    for depth in (33, 65, 2, 0):
+        body = b'{"inputs": "a"}' if depth == 0 else b'{"instances": ' + nested(depth) + b"}"
+        status, answer = post(server_process.port, path, body)
+        assert status == 400 and expected in answer["error"] and f"got rank {depth}" in answer["error"], \
+            (depth, status, answer)
+        assert server_process.alive(), server_process.log.read_text()[-2000:]
+    status, answer = post(server_process.port, path, b'{"inputs": ' + nested(33) + b"}")
+    assert status == 400 and "got rank 33" in answer["error"]
+    status, answer = post(server_process.port, path, b'{"instances": ["\\ud800"]}')  # a lone surrogate
+    assert status == 400 and "not valid Unicode" in answer["error"], answer
+    status, answer = post(server_process.port, path, b'{"instances": ["ok", 7]}')
+    assert status == 400 and "value 1 is int" in answer["error"], answer
+    assert server_process.alive()
+
+
+def test_grpc_tensors_of_the_wrong_rank_or_dtype_are_invalid_argument(server_process):
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{server_process.grpc_port}"))
+    cases = [("reviews", "text", tf.string, [1] * 33, "got rank 33"),
+             ("shapes", "image_bytes", tf.string, [1] * 64, "got rank 64"),
+             ("reviews", "text", tf.string, [], "got rank 0"),
+             ("reviews", "text", tf.int64, [1], "got int64 values"),
+             ("shapes", "pixels", tf.float32, [1, 2, 2, 4], "got size 4 on axis 3")]
+    for model, name, dtype, dims, message in cases:
+        signature = "serving_pixels" if name == "pixels" else ""
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predict(predict_request(model, signature, name, dtype, dims, [1]), timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details(), \
+            (dims, e.value.details())
+        assert server_process.alive(), server_process.log.read_text()[-2000:]
 
 
 def test_the_server_still_answers_after_all_of_this(server):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from tf_transfer import cli
 from tf_transfer.errors import TransferError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tf_transfer.serve")  # also when run as __main__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from tf_transfer import config as config_lib
 from tf_transfer.errors import Preempted, RunError
 from tf_transfer.folders import RunDir
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tf_transfer.train")  # also when run as __main__
 
 
 def build_parser() -> argparse.ArgumentParser:

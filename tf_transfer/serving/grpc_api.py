@@ -1,9 +1,10 @@
 """TF Serving's gRPC API over the served models: PredictionService (Predict, Classify,
 GetModelMetadata) and ModelService (GetModelStatus).
 
-Every TensorProto is checked before it is expanded: its shape must be known, the batch within
---max-batch, every dimension bounded and the expanded size within limits, so a 70-byte request cannot
-ask for gigabytes (a proto may hold one value and a shape to repeat it over).
+Every TensorProto is checked against the signature's input before it is expanded: its rank must be the
+declared one, then the batch within --max-batch, every dimension bounded and the expanded size within
+limits, then its dtype the declared one; so a 70-byte request cannot ask for gigabytes (a proto may hold
+one value and a shape to repeat it over), nor a rank-33 string tensor reach TensorFlow (which crashes on it).
 """
 
 from __future__ import annotations
@@ -15,27 +16,32 @@ from http import HTTPStatus
 import numpy as np
 import tensorflow as tf
 
+from tf_transfer.serving.inputs import InputSpec, bad_request
 from tf_transfer.serving.registry import Registry, RequestError, ServeLimits, internal_error
 
 log = logging.getLogger(__name__)
+_DTYPES = {d.as_datatype_enum for d in (tf.float16, tf.bfloat16, tf.float32, tf.float64, tf.int8, tf.int16, tf.int32,
+                                       tf.int64, tf.uint8, tf.uint16, tf.uint32, tf.uint64, tf.bool, tf.string)}
 
 
-def tensor_from_proto(name: str, proto, limits: ServeLimits) -> np.ndarray:
-    """A TensorProto as numpy, after checking what it would expand to."""
+def tensor_from_proto(spec: InputSpec, proto, limits: ServeLimits) -> np.ndarray:
+    """A TensorProto as numpy, after checking it against the signature's input: rank, then sizes (and what
+    they would expand to), then dtype."""
+    name = spec.name
     if proto.tensor_shape.unknown_rank:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"input {name!r}: the tensor shape must be known")
+        raise bad_request(f"input {name!r}: the tensor shape must be known")
     shape = [d.size for d in proto.tensor_shape.dim]
-    dtype = tf.dtypes.as_dtype(proto.dtype) if proto.dtype else None
-    if dtype is None or dtype == tf.resource or dtype == tf.variant:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"input {name!r}: unsupported dtype")
-    itemsize = 1 if dtype == tf.string else dtype.size
-    limits.check_array(name, shape, itemsize)
+    dtype = tf.dtypes.as_dtype(proto.dtype) if proto.dtype in _DTYPES else None
+    spec.check_shape(shape, limits, 1 if dtype in (None, tf.string) else dtype.size)
+    if dtype is None or dtype in (tf.resource, tf.variant):
+        raise bad_request(f"input {name!r}: {spec.describe()}; got an unsupported dtype")
+    spec.check_dtype(dtype.name)
     if dtype == tf.string and int(np.prod(shape, dtype=object)) != len(proto.string_val):
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"input {name!r}: {len(proto.string_val)} strings for shape {shape}")
+        raise bad_request(f"input {name!r}: {len(proto.string_val)} strings for shape {shape}")
     try:
         return tf.make_ndarray(proto)
     except (ValueError, TypeError) as e:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"input {name!r}: {str(e)[:200]}") from None
+        raise bad_request(f"input {name!r}: {str(e)[:200]}") from None
 
 
 def _status_code(status: int):
@@ -76,8 +82,12 @@ def _servicers(registry: Registry, limits: ServeLimits):
         @_guarded
         def Predict(self, request, context):
             model = lookup(request.model_spec)
-            inputs = {k: tensor_from_proto(k, v, limits) for k, v in request.inputs.items()}
-            out = model.run(request.model_spec.signature_name, inputs)
+            name, _ = model.signature(request.model_spec.signature_name)
+            specs = model.input_specs(name)
+            if set(request.inputs) != set(specs):
+                raise bad_request(f"signature {name} takes inputs {sorted(specs)}, got {sorted(request.inputs)}")
+            inputs = {k: tensor_from_proto(specs[k], v, limits) for k, v in request.inputs.items()}
+            out = model.run(name, inputs)
             response = predict_pb2.PredictResponse()
             response.model_spec.name, response.model_spec.version.value = request.model_spec.name, model.version
             for k, v in out.items():

@@ -26,16 +26,9 @@ from tf_transfer.data.images import clean_error
 from tf_transfer.errors import TransferError
 from tf_transfer.folders import ModelDir
 from tf_transfer.serving import savedmodel, signatures
+from tf_transfer.serving.inputs import InputSpec, RequestError, ServeLimits
 
 log = logging.getLogger(__name__)
-
-
-class RequestError(Exception):
-    """A request the server refuses: `status` is the HTTP status (gRPC maps it)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def not_found(name: str, version) -> RequestError:
@@ -101,20 +94,23 @@ class ServedVersion:
         inputs = set(sig.inputs) if sig is not None else set()
         return "image" if signatures.BYTES_INPUT in inputs else "text" if "text" in inputs else "tensor"
 
-    def input_dtypes(self, name: str) -> dict[str, tf.DType]:
-        return {k: tf.dtypes.as_dtype(v.dtype) for k, v in self.signature(name)[1].inputs.items()}
+    def input_specs(self, name: str) -> dict[str, InputSpec]:
+        """The declared inputs of signature `name` (rank, sizes and dtype every request is checked against)."""
+        return {k: InputSpec.from_tensor_info(k, v) for k, v in self.signature(name)[1].inputs.items()}
 
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a signature on named numpy inputs; bad inputs become RequestError(400)."""
         name, _ = self.signature(signature)
-        expected = self.input_dtypes(name)
-        if set(inputs) != set(expected):
+        specs = self.input_specs(name)
+        if set(inputs) != set(specs):
             raise RequestError(HTTPStatus.BAD_REQUEST,
-                               f"signature {name} takes inputs {sorted(expected)}, got {sorted(inputs)}")
-        for key, value in inputs.items():
-            self.limits.check_array(key, np.shape(value))
+                               f"signature {name} takes inputs {sorted(specs)}, got {sorted(inputs)}")
+        for key, value in inputs.items():  # the front ends checked this already; a last line before TensorFlow
+            specs[key].check_shape(np.shape(value), self.limits)
+            if value.dtype != object:
+                specs[key].check_dtype(value.dtype.name)
         try:
-            tensors = {k: tf.constant(v, dtype=expected[k]) for k, v in inputs.items()}
+            tensors = {k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()}
             with self.limits.model_slot:
                 out = self.loaded.signatures[name](**tensors)
             return {k: v.numpy() for k, v in out.items()}
@@ -136,33 +132,6 @@ class ServedVersion:
         for k, v in self.signature_defs.items():
             sig_map.signature_def[k].CopyFrom(v)
         return sig_map
-
-
-class ServeLimits:
-    """Bounds on what one request may ask for, checked before anything is expanded or decoded."""
-
-    def __init__(self, max_batch: int = 64, max_tensor_bytes: int = 64 << 20, max_dim: int = 1 << 15,
-                 concurrent_runs: int = 4):
-        self.max_batch, self.max_tensor_bytes, self.max_dim = max_batch, max_tensor_bytes, max_dim
-        self.model_slot = threading.BoundedSemaphore(concurrent_runs)  # concurrent decodes and forward passes
-
-    def check_batch(self, n: int) -> None:
-        if n > self.max_batch:
-            raise RequestError(HTTPStatus.BAD_REQUEST,
-                               f"batch of {n} exceeds this server's limit of {self.max_batch} (--max-batch)")
-
-    def check_array(self, name: str, shape: Sequence[int], itemsize: int = 1) -> None:
-        """Every dimension bounded, the batch within --max-batch and the total size within limits."""
-        if any(d < 0 for d in shape):
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"input {name!r}: dimensions must be known and >= 0")
-        if shape:
-            self.check_batch(shape[0])
-        if any(d > self.max_dim for d in shape[1:]):
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"input {name!r}: a dimension exceeds {self.max_dim}")
-        elements = int(np.prod([int(d) for d in shape], dtype=object)) if shape else 1
-        if elements * itemsize > self.max_tensor_bytes:
-            raise RequestError(HTTPStatus.BAD_REQUEST,
-                               f"input {name!r} of shape {list(shape)} exceeds {self.max_tensor_bytes} bytes")
 
 
 class ServedModel:

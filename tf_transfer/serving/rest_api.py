@@ -16,8 +16,6 @@ Sizes are checked before anything is decoded; API answers are JSON, errors as {"
 
 from __future__ import annotations
 
-import base64
-import binascii
 import html
 import json
 import re
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tf_transfer.folders import ModelDir
+from tf_transfer.serving.inputs import bad_request, decode_b64, encode_text
 from tf_transfer.serving.registry import Registry, RequestError, ServedVersion, ServeLimits, internal_error
 from tf_transfer.serving.rest import Request, Response
 
@@ -40,19 +39,12 @@ _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18}))?(?P<rest>:predict|:classify|/metadata)?$")
 
 
-def decode_value(value, dtype: str):
-    """A JSON instance value to a numpy-ready value: {"b64": ...} -> bytes; strings for DT_STRING -> bytes."""
+def decode_value(value):
+    """A tf.Example feature value of a :classify request: {"b64": ...} and strings -> bytes, numbers as they are."""
     if isinstance(value, dict):
-        if set(value) != {"b64"} or not isinstance(value["b64"], str):
-            raise RequestError(HTTPStatus.BAD_REQUEST, 'expected {"b64": "<base64 string>"} for binary values')
-        try:
-            return base64.b64decode(value["b64"], validate=True)
-        except (binascii.Error, ValueError):
-            raise RequestError(HTTPStatus.BAD_REQUEST, "invalid base64 in a {\"b64\": ...} value") from None
-    if isinstance(value, list):
-        return [decode_value(v, dtype) for v in value]
-    if isinstance(value, str) and dtype == "string":
-        return value.encode()
+        return decode_b64(value, "examples")
+    if isinstance(value, str):
+        return encode_text(value, "examples")
     return value
 
 
@@ -63,52 +55,41 @@ def to_json(value: np.ndarray):
     return value.tolist()
 
 
-def _columns(body: dict, dtypes: dict[str, str], limits: ServeLimits) -> tuple[dict, bool]:
-    """{input name: values} from the row ('instances') or columnar ('inputs') format; True for rows."""
+def _columns(body: dict, names: list[str], limits: ServeLimits) -> tuple[dict, bool]:
+    """{input name: JSON value with the batch first} from the row ('instances') or columnar ('inputs')
+    format, nothing converted yet; True for rows."""
     if ("instances" in body) == ("inputs" in body):
-        raise RequestError(HTTPStatus.BAD_REQUEST, "request must have exactly one of 'instances' or 'inputs'")
-    only = next(iter(dtypes)) if len(dtypes) == 1 else None
+        raise bad_request("request must have exactly one of 'instances' or 'inputs'")
+    only = names[0] if len(names) == 1 else None
     if "instances" in body:
         rows = body["instances"]
         if not isinstance(rows, list) or not rows:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "'instances' must be a non-empty list")
+            raise bad_request("'instances' must be a non-empty list")
         limits.check_batch(len(rows))
         if all(isinstance(r, dict) and "b64" not in r for r in rows):
-            missing = sorted({k for k in dtypes for r in rows if k not in r})
+            missing = sorted({k for k in names for r in rows if k not in r})
             if missing:
-                raise RequestError(HTTPStatus.BAD_REQUEST, f"instances lack input(s) {missing}")
-            return {k: [decode_value(r[k], dtypes[k]) for r in rows] for k in dtypes}, True
+                raise bad_request(f"instances lack input(s) {missing}")
+            return {k: [r[k] for r in rows] for k in names}, True
         if only:
-            return {only: [decode_value(r, dtypes[only]) for r in rows]}, True
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"instances must be objects with keys {sorted(dtypes)}")
+            return {only: rows}, True
+        raise bad_request(f"instances must be objects with keys {sorted(names)}")
     inputs = body["inputs"]
     if isinstance(inputs, dict) and "b64" not in inputs:
-        for v in inputs.values():
-            limits.check_batch(len(v) if isinstance(v, list) else 1)
-        return {k: decode_value(v, dtypes.get(k, "")) for k, v in inputs.items()}, False
+        return dict(inputs), False
     if only:
-        limits.check_batch(len(inputs) if isinstance(inputs, list) else 1)
-        return {only: decode_value(inputs, dtypes[only])}, False
-    raise RequestError(HTTPStatus.BAD_REQUEST, f"'inputs' must be an object with keys {sorted(dtypes)}")
-
-
-def _array(values, dtype: str) -> np.ndarray:
-    try:
-        if dtype == "string":
-            return np.array(values, dtype=object)
-        array = np.array(values)
-    except (ValueError, TypeError):
-        raise RequestError(HTTPStatus.BAD_REQUEST, "input values must form a rectangular array") from None
-    if array.dtype == object or array.dtype.kind in "SUV":
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"expected numbers for a {dtype} input")
-    return array
+        return {only: inputs}, False
+    raise bad_request(f"'inputs' must be an object with keys {sorted(names)}")
 
 
 def predict(model: ServedVersion, body: dict, limits: ServeLimits) -> dict:
     name, _ = model.signature(body.get("signature_name") or "")
-    dtypes = {k: d.name for k, d in model.input_dtypes(name).items()}
-    columns, rows = _columns(body, dtypes, limits)
-    out = model.run(name, {k: _array(v, dtypes.get(k, "")) for k, v in columns.items()})
+    specs = model.input_specs(name)
+    columns, rows = _columns(body, list(specs), limits)
+    unknown = sorted(set(columns) - set(specs))
+    if unknown:
+        raise bad_request(f"signature {name} takes inputs {sorted(specs)}, got {sorted(columns)}")
+    out = model.run(name, {k: specs[k].from_json(v, limits) for k, v in columns.items()})
     if rows:
         n = len(next(iter(out.values())))
         return {"predictions": [{k: to_json(v[i]) for k, v in out.items()} for i in range(n)]}
@@ -140,7 +121,7 @@ def classify(model: ServedVersion, body: dict, limits: ServeLimits) -> dict:
     for ex in examples:
         features = {}
         for key, value in {**context, **ex}.items():
-            values = [decode_value(v, "string") for v in (value if isinstance(value, list) else [value])]
+            values = [decode_value(v) for v in (value if isinstance(value, list) else [value])]
             features[key] = _feature(values)
         serialized.append(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
     classes, scores = model.classify(serialized, body.get("signature_name", ""))
