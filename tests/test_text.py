@@ -291,3 +291,25 @@ def test_a_text_run_reexports_and_publishes_an_encoder_that_gives_the_same_score
         "phase2.epochs": 1, "export.enabled": False, "evaluation.report": False})
     trainable = recipe.run(config).trainable_params
     assert trainable["phase2"] > trainable["phase1"] > 0  # the published encoder trains in phase 2
+
+
+@pytest.mark.slow
+def test_a_baseline_that_cannot_be_trained_is_skipped_and_the_run_keeps_its_results(tiny_hf, tmp_path):
+    """No token of these texts survives TF-IDF's standardisation: the baseline failed after training, and
+    the run died without metrics.json or a report."""
+    from tf_transfer.workflows import recipe
+
+    rows = [(text, label) for label, texts in (("a", ["!!!", "?!", "..."]), ("b", ["!?", ":;", "--"]))
+            for text in texts * 6]
+    path = tmp_path / "punctuation.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    config = make_config(tmp_path, f"csv:{path}", name="punct", **{
+        "model.backbone": f"hf:{tiny_hf}", "model.max_seq_length": 8, "phase1.epochs": 1, "phase2.epochs": 0,
+        "export.enabled": False, "evaluation.baseline": "tfidf"})
+    result = recipe.run(config)
+    metrics = json.loads((result.run_dir / RunDir.METRICS).read_text())
+    assert "test" in metrics and "could not" not in json.dumps(metrics["test"])
+    assert metrics["baseline_tfidf"]["skipped"], metrics["baseline_tfidf"]
+    assert (result.run_dir / RunDir.REPORT).is_file()
+    assert "skipped" in (result.run_dir / RunDir.REPORT).read_text()

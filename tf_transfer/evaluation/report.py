@@ -172,7 +172,9 @@ def comparison_rows(metrics: dict) -> list[list]:
                        ("from scratch, same budget", "baseline_scratch"),
                        ("TF-IDF + logistic regression", "baseline_tfidf")):
         m = metrics.get(key) if key else metrics
-        if m and m.get("test"):
+        if m and m.get("skipped"):
+            rows.append([label, f"skipped: {m['skipped']}", "", ""])
+        elif m and m.get("test"):
             rows.append([label, _fmt(m["test"]["accuracy"]), _fmt(m["test"].get("log_loss")),
                          _fmt(m.get("val", {}).get("accuracy") if m.get("val") else None)])
     return rows

@@ -125,18 +125,29 @@ class Outputs:
         if self.config.evaluation.tta:  # what averaging with the flipped image buys
             metrics["tta"] = evaluate_splits(model, self.splits.evaluation(), self.data.tasks, self.config,
                                              tta=True)
-        if self.baseline:
-            key = f"baseline_{self.config.evaluation.baseline}"
-            metrics[key] = self.run.done("baseline") or self.baseline(self.data)
-            self.run.mark_done("baseline", metrics[key])
         flags = self._not_learnt(metrics, predictions)
         if flags:
             metrics["not_learnt"] = flags
-        self.run.write_json(RunDir.METRICS, metrics)
+        self.run.write_json(RunDir.METRICS, metrics)  # the run's own results first: a baseline never costs them
+        if self.baseline:
+            key = f"baseline_{self.config.evaluation.baseline}"
+            metrics[key] = self.run.done("baseline") or self._train_baseline()
+            self.run.mark_done("baseline", metrics[key])
+            self.run.write_json(RunDir.METRICS, metrics)
         log_metrics(metrics)
         for flag in flags:
             log.warning("%s", chance.describe(flag))
         return metrics
+
+    def _train_baseline(self) -> dict:
+        """The baseline's metrics, or {"skipped": why} when it cannot be trained on this data (a warning)."""
+        try:
+            return self.baseline(self.data)
+        except Exception as e:  # noqa: BLE001 - any failure of the optional comparison leaves the run whole
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+            log.warning("The %s baseline was skipped: it could not be trained on this data (%s); the run's own "
+                        "results stand", self.config.evaluation.baseline, reason)
+            return {"skipped": reason}
 
     def _not_learnt(self, metrics: dict, predictions: dict) -> list[dict]:
         """Tasks and labels within noise of chance on the test split (else validation): see evaluation.chance."""
