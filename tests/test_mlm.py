@@ -186,3 +186,15 @@ def test_mlm_adapts_an_encoder_resumes_after_a_stop_and_publishes_it(tiny_hf, te
     assert not np.allclose(original.numpy(), adapted.layer(encoded)["sequence_output"].numpy(), atol=1e-3)
     # publish_text checked that hub.KerasLayer(trainable=True) reloads it; tests/test_text.py trains on such a
     # published encoder with --backbone hub: --preprocessor hub:
+
+
+def test_a_pretrain_that_fails_before_its_first_step_says_why_in_its_run_log(tiny_hf, tmp_path, capsys):
+    from tf_transfer import pretrain
+
+    (tmp_path / "blank.txt").write_text("\n  \n\n", encoding="utf-8")
+    argv = ["--method", "mlm", "--data", str(tmp_path / "blank.txt"), "--backbone", f"hf:{tiny_hf}",
+            "--runs-dir", str(tmp_path / "runs"), "--name", "blank", "--out", str(tmp_path / "out")]
+    assert pretrain.main(argv) == 2
+    assert "no usable text found" in capsys.readouterr().err
+    log = (RunDir.latest(tmp_path / "runs", "blank").path / RunDir.LOG).read_text()
+    assert "ERROR" in log and "error: --data" in log and "no usable text found" in log, log

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from tf_transfer.errors import TransferError
+
 ROOT = "tf_transfer"
 
 
@@ -61,6 +63,21 @@ def to_file(log_file: str | Path) -> Iterator[Path]:
     handler = setup(log_file)
     try:
         yield log_file
+    except BaseException as e:
+        _record_stop(handler, e)
+        raise
     finally:
         logging.getLogger(ROOT).removeHandler(handler)
         handler.close()
+
+
+def _record_stop(handler: logging.Handler, error: BaseException) -> None:
+    """Why the block ended, written to its log file only (the command prints the error on the console): a
+    run that fails before its first line of work still says why in its log."""
+    if isinstance(error, KeyboardInterrupt | SystemExit):
+        message, exc_info = f"stopped: {type(error).__name__}", None
+    elif isinstance(error, TransferError):  # a problem the user can fix: the message says it all
+        message, exc_info = f"error: {error}", None
+    else:
+        message, exc_info = f"failed: {type(error).__name__}: {error}", (type(error), error, error.__traceback__)
+    handler.handle(logging.LogRecord(ROOT, logging.ERROR, __file__, 0, message, None, exc_info))
