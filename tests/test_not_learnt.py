@@ -38,6 +38,23 @@ def test_accuracy_within_noise_of_the_majority_class_is_flagged_and_a_clear_win_
     assert chance.single_label("", _single(12 / 15, 15, [5, 5, 5]), "val", "none") is None
 
 
+def test_splits_too_small_to_tell_are_said_so_not_flagged_as_not_learnt():
+    # every one of 4 right against a majority of 2 (0.5): p = 0.0625, the test cannot reject at 4 examples
+    perfect = chance.single_label("", _single(1.0, 4, [2, 2]), "test", "none")
+    assert perfect["verdict"] == "too_few" and "even 4 of 4 right" in perfect["message"]
+    assert chance.describe(perfect).startswith("Cannot tell whether the model was learnt")
+    one_class = chance.single_label("", _single(1.0, 3, [3, 0]), "test", "none")
+    assert one_class["verdict"] == "too_few" and "one class only" in one_class["message"]
+    empty = chance.single_label("kind", {"num_examples": 0, "accuracy": None, "per_class": {}}, "test", "none")
+    assert empty["verdict"] == "too_few" and "no examples" in empty["message"]
+    assert chance.find({"tasks": {}}, [Task("kind", ("a", "b"))], {}, "test", "none")[0]["verdict"] == "too_few"
+    # 5 right of 5, majority 0.4: p = 0.01, decided, and learnt
+    assert chance.single_label("", _single(1.0, 5, [2, 2, 1]), "test", "none") is None
+    # a label on 2 of 3 examples: even a perfect ranking is within random rankings' noise
+    y, probs = np.array([[1], [1], [0]]), np.array([[0.9], [0.8], [0.1]])
+    assert chance.multi_label("tags", ["x"], y, probs, "test", "none")[0]["verdict"] == "too_few"
+
+
 def test_average_precision_within_noise_of_a_random_ranking_is_flagged_with_the_flip_hint():
     rng = np.random.default_rng(0)
     y = np.zeros((200, 3))

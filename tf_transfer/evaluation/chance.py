@@ -9,6 +9,9 @@
 
 Orientation words in a task's or label's name (left/right, top/bottom...) with flips on get a hint: a
 flip turns the one into the other, so the augmented image contradicts its own label.
+
+Where a split is too small for the test to reject at all (every example right would still be within
+noise, a split of one class, no examples), the verdict is 'too few examples to tell', never 'not learnt'.
 """
 
 from __future__ import annotations
@@ -61,20 +64,31 @@ def _hint(names: list[str], flip: str) -> str:
 
 
 def single_label(task: str, m: dict, split: str, flip: str) -> dict | None:
-    """A flag for a single-label task's metrics `m` whose accuracy is within noise of the majority rate."""
+    """A flag for a single-label task's metrics `m` whose accuracy is within noise of the majority rate, or
+    whose split is too small (or of one class) for any accuracy to be told from it (verdict 'too_few')."""
     n, accuracy = m.get("num_examples") or 0, m.get("accuracy")
-    if not n or accuracy is None:
-        return None
-    supports = {name: c["support"] for name, c in m["per_class"].items()}
+    supports = {name: c["support"] for name, c in m.get("per_class", {}).items()}
+    if not n or accuracy is None or not supports:
+        return _too_few(task, None, split, f"the {split} split has no examples of it")
     majority = max(supports, key=supports.get)
     rate = supports[majority] / n
+    if binomial_tail(n, n, rate) >= ALPHA:  # even every example right would be within noise
+        why = (f"the {split} split has one class only ({majority!r}, {n} examples)" if rate >= 1 else
+               f"even {n} of {n} right would be within noise of always answering {majority!r} ({rate:.3f}); "
+               f"it takes more {split} examples")
+        return _too_few(task, None, split, why)
     p = binomial_tail(round(accuracy * n), n, rate)
     if p < ALPHA:
         return None
-    return {"task": task, "label": None, "split": split, "metric": "accuracy", "value": accuracy, "chance": rate,
-            "p_value": p, "hint": _hint([task, *supports], flip),
+    return {"task": task, "label": None, "split": split, "verdict": "not_learnt", "metric": "accuracy",
+            "value": accuracy, "chance": rate, "p_value": p, "hint": _hint([task, *supports], flip),
             "message": f"{split} accuracy {accuracy:.3f} is within noise of always answering {majority!r} "
                        f"({rate:.3f} of {n} examples; one-sided binomial test p={p:.2f})"}
+
+
+def _too_few(task: str, label: str | None, split: str, why: str) -> dict:
+    return {"task": task, "label": label, "split": split, "verdict": "too_few", "hint": "",
+            "message": f"too few examples to tell: {why}"}
 
 
 def multi_label(task: str, labels: list[str], y: np.ndarray, probs: np.ndarray, split: str, flip: str) -> list[dict]:
@@ -83,15 +97,22 @@ def multi_label(task: str, labels: list[str], y: np.ndarray, probs: np.ndarray, 
     for j, label in enumerate(labels):
         truth = y[:, j] > 0
         if not truth.any() or truth.all():
+            out.append(_too_few(task, label, split, f"the {split} split has {'no' if not truth.any() else 'only'} "
+                                                    f"examples with it ({len(truth)} in all)"))
+            continue
+        noise = random_ap_quantile(truth)
+        if noise >= 1.0:  # even a perfect ranking would be within noise
+            out.append(_too_few(task, label, split, f"{int(truth.sum())} of {len(truth)} {split} examples have it; "
+                                                    "even a perfect ranking would be within noise"))
             continue
         order = np.argsort(-probs[:, j], kind="stable")
         hits = truth[order]
         ap = float((np.cumsum(hits) / np.arange(1, len(hits) + 1))[hits].sum() / hits.sum())
-        noise = random_ap_quantile(truth)
         if ap > noise:
             continue
         prevalence = float(truth.mean())
-        out.append({"task": task, "label": label, "split": split, "metric": "average_precision", "value": ap,
+        out.append({"task": task, "label": label, "split": split, "verdict": "not_learnt",
+                    "metric": "average_precision", "value": ap,
                     "chance": prevalence, "noise": noise, "hint": _hint([task, label], flip),
                     "message": f"{split} average precision {ap:.3f} is within noise of ranking at random "
                                f"(prevalence {prevalence:.3f}; 95% of random rankings reach {noise:.3f})"})
@@ -104,11 +125,14 @@ def describe(flag: dict) -> str:
     if not flag["task"]:
         what = "the model" if flag["label"] is None else f"label {flag['label']!r}"
     hint = f". {flag['hint'][0].upper()}{flag['hint'][1:]}" if flag["hint"] else ""
+    if flag.get("verdict") == "too_few":
+        return f"Cannot tell whether {what} was learnt: {flag['message']}"
     return f"Not learnt: {what}: {flag['message']}{hint}"
 
 
 def find(m: dict, tasks, predictions: dict, split: str, flip: str) -> list[dict]:
-    """Every task (single-label) and label (multi-label) of one split's metrics `m` that was not learnt.
+    """Every task (single-label) and label (multi-label) of one split's metrics `m` that was not learnt
+    (verdict 'not_learnt') or whose examples are too few to tell (verdict 'too_few').
 
     `tasks` are tf_transfer.tasks.Task; `predictions` the split's: (labels, probs) for one unnamed task,
     {head: (targets, labelled mask, probs)} for named ones; `flip` the training flips ('none' without)."""
@@ -118,9 +142,10 @@ def find(m: dict, tasks, predictions: dict, split: str, flip: str) -> list[dict]
     out: list[dict] = []
     for t in tasks:
         if t.multi_label:
-            y, mask, probs = predictions[t.head]
+            none = (np.zeros((0, t.num_classes)), np.zeros(0, bool), np.zeros((0, t.num_classes)))
+            y, mask, probs = predictions.get(t.head, none)
             out += multi_label(t.name, list(t.class_names), y[mask], probs[mask], split, flip)
         else:
-            flag = single_label(t.name, m["tasks"][t.name], split, flip)
+            flag = single_label(t.name, m.get("tasks", {}).get(t.name, {}), split, flip)
             out += [flag] if flag else []
     return out

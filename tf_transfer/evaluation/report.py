@@ -198,6 +198,9 @@ def write_report(run: RunDir, title: str, split: str, m: dict, plot_paths: dict[
     sections = []
     if all_metrics and all_metrics.get("not_learnt"):
         sections.append(("Not learnt", not_learnt_box(all_metrics["not_learnt"])))
+    if all_metrics and all_metrics.get("too_few_to_tell"):
+        items = "".join(f"<li>{html.escape(chance.describe(f))}</li>" for f in all_metrics["too_few_to_tell"])
+        sections.append(("Too few examples to tell", f"<ul>{items}</ul>"))
     if all_metrics:
         sections.append(("Summary", _table(["model", f"{split} accuracy", f"{split} log loss", "val accuracy"],
                                            comparison_rows(all_metrics)) + _tta_note(all_metrics)))

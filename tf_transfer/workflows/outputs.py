@@ -126,8 +126,9 @@ class Outputs:
             metrics["tta"] = evaluate_splits(model, self.splits.evaluation(), self.data.tasks, self.config,
                                              tta=True)
         flags = self._not_learnt(metrics, predictions)
-        if flags:
-            metrics["not_learnt"] = flags
+        for verdict, key in (("not_learnt", "not_learnt"), ("too_few", "too_few_to_tell")):
+            if any(f["verdict"] == verdict for f in flags):
+                metrics[key] = [f for f in flags if f["verdict"] == verdict]
         self.run.write_json(RunDir.METRICS, metrics)  # the run's own results first: a baseline never costs them
         if self.baseline:
             key = f"baseline_{self.config.evaluation.baseline}"
@@ -136,14 +137,14 @@ class Outputs:
             self.run.write_json(RunDir.METRICS, metrics)
         log_metrics(metrics)
         for flag in flags:
-            log.warning("%s", chance.describe(flag))
+            log.log(logging.WARNING if flag["verdict"] == "not_learnt" else logging.INFO, "%s", chance.describe(flag))
         return metrics
 
     def _train_baseline(self) -> dict:
         """The baseline's metrics, or {"skipped": why} when it cannot be trained on this data (a warning)."""
         try:
             return self.baseline(self.data)
-        except Exception as e:  # noqa: BLE001 - any failure of the optional comparison leaves the run whole
+        except Exception as e:  # any failure of the optional comparison leaves the run whole
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
             log.warning("The %s baseline was skipped: it could not be trained on this data (%s); the run's own "
                         "results stand", self.config.evaluation.baseline, reason)
