@@ -313,3 +313,56 @@ def test_a_baseline_that_cannot_be_trained_is_skipped_and_the_run_keeps_its_resu
     assert metrics["baseline_tfidf"]["skipped"], metrics["baseline_tfidf"]
     assert (result.run_dir / RunDir.REPORT).is_file()
     assert "skipped" in (result.run_dir / RunDir.REPORT).read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
+def test_a_200_mb_line_field_or_file_is_skipped_with_its_place_in_bounded_memory(tmp_path):
+    """A .txt with one huge line peaked at 3.8 GB, a huge file in a folder was read whole, and a CSV with a
+    huge field failed as a whole; now each is skipped with its file and line, peak memory under 64 MB more."""
+    from tf_transfer.data import text_files
+
+    from .test_server_hardening import peak_rss_growth_mb
+
+    huge = b"x" * (200 << 20)
+    (tmp_path / "lines.txt").write_bytes(b"first text\n" + huge + b"\nthird text\n")
+    (tmp_path / "cells.csv").write_bytes(b"text,label\ngood film,pos\n\"" + huge + b"\",neg\nbad film,neg\n")
+    (tmp_path / "folder" / "pos").mkdir(parents=True)
+    (tmp_path / "folder" / "pos" / "big.txt").write_bytes(huge)
+    (tmp_path / "folder" / "pos" / "small.txt").write_text("fine film", encoding="utf-8")
+    del huge
+    found = {}
+
+    def read_all():
+        found["lines"] = texts.unlabelled_texts(DataConfig(source=str(tmp_path / "lines.txt")))
+        found["cells"] = texts.read(DataConfig(source=f"csv:{tmp_path / 'cells.csv'}"))
+        found["folder"] = texts.unlabelled_texts(DataConfig(source=str(tmp_path / "folder")))
+
+    assert peak_rss_growth_mb(read_all) < 64
+    assert found["lines"] == (["first text", "third text"], {f"{tmp_path / 'lines.txt'}, line 2":
+                                                             "the line is over 1 MB"})
+    rows, _, skipped = found["cells"]
+    assert [r[1] for r in rows] == ["good film", "bad film"]
+    assert skipped == {f"{tmp_path / 'cells.csv'}, line 3": f"the line is over {text_files.MAX_LINE_BYTES >> 20} MB"}
+    assert found["folder"] == (["fine film"], {str(tmp_path / "folder" / "pos" / "big.txt"):
+                                               "the file is over 1 MB"})
+
+
+def test_links_out_of_the_data_folder_dangling_links_and_devices_are_skipped_and_reported(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0", encoding="utf-8")
+    data = tmp_path / "data"
+    for cls in ("pos", "neg"):
+        (data / cls).mkdir(parents=True)
+        for i in range(3):
+            (data / cls / f"{i}.txt").write_text(f"{cls} review {i}", encoding="utf-8")
+    (data / "pos" / "passwd.txt").symlink_to(secret)
+    (data / "pos" / "gone.txt").symlink_to(tmp_path / "missing.txt")
+    (data / "neg" / "inside.txt").symlink_to(data / "neg" / "0.txt")  # a link within the folder is fine
+    (data / "neg" / "null.txt").symlink_to("/dev/null")
+    rows, _, skipped = texts.read(DataConfig(source=str(data)))
+    assert "root:x:0:0" not in {text for _, text, _ in rows} and len(rows) == 7
+    assert "outside the data folder" in skipped[str(data / "pos" / "passwd.txt")]
+    assert skipped[str(data / "pos" / "gone.txt")] == "a dangling link"
+    assert skipped[str(data / "neg" / "null.txt")] == "not a regular file"
+    found, skipped = texts.unlabelled_texts(DataConfig(source=str(data)))
+    assert "root:x:0:0" not in found and len(found) == 7 and len(skipped) == 3

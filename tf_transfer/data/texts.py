@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tf_transfer import fs
 from tf_transfer.config import DataConfig
-from tf_transfer.data import datasets
+from tf_transfer.data import datasets, text_files
 from tf_transfer.data.datasets import ImageData
 from tf_transfer.data.sources import _SPLIT_ALIASES, SPLITS, Example
 from tf_transfer.errors import DataError
@@ -25,15 +25,14 @@ log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
 KIND = "text"
 UNLABELLED_FOLDERS = ("unsup",)  # aclImdb's unlabelled reviews sit beside the class folders
-MAX_TEXT_BYTES = 1 << 20  # a longer cell or file is almost surely not one example: reported and skipped
+MAX_TEXT_BYTES = text_files.MAX_TEXT_BYTES  # a longer cell, line or file: reported and skipped
 
 
 def _csv_rows(path, text_column: str, label_column: str, skipped: dict) -> list[tuple[str, str, str]]:
     """(split, text, label) of a CSV with a header naming the text and label columns (and maybe split)."""
-    csv.field_size_limit(MAX_TEXT_BYTES * 4)
-    with fs.path(path).open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        reader = csv.reader(f)
-        header = [c.strip() for c in next(reader, [])]
+    records = text_files.csv_records(path, skipped)
+    try:
+        header = [c.strip() for c in next(records, (0, []))[1]]
         lowered = [c.lower() for c in header]
         missing = [c for c in (text_column, label_column) if c.lower() not in lowered]
         if missing:
@@ -42,17 +41,15 @@ def _csv_rows(path, text_column: str, label_column: str, skipped: dict) -> list[
         t, y = lowered.index(text_column.lower()), lowered.index(label_column.lower())
         s = lowered.index("split") if "split" in lowered else None
         out = []
-        try:
-            for row in reader:
-                where = f"{path}, line {reader.line_num}"
-                problem = _bad_row(row, t, y, s)
-                if problem:
-                    skipped[where] = problem
-                    continue
-                split = _SPLIT_ALIASES.get(row[s].strip().lower(), "all") if s is not None and row[s].strip() else "all"
-                out.append((split, row[t], row[y].strip()))
-        except csv.Error as e:
-            raise DataError(f"{path}, line {reader.line_num}: the CSV cannot be parsed ({e})") from None
+        for line, row in records:
+            problem = _bad_row(row, t, y, s)
+            if problem:
+                skipped[f"{path}, line {line}"] = problem
+                continue
+            split = _SPLIT_ALIASES.get(row[s].strip().lower(), "all") if s is not None and row[s].strip() else "all"
+            out.append((split, row[t], row[y].strip()))
+    except csv.Error as e:
+        raise DataError(f"{path}: the CSV cannot be parsed ({e})") from None
     return out
 
 
@@ -93,10 +90,10 @@ def _folder_rows(root, skipped: dict) -> list[tuple[str, str, str]]:
             if cls.name in UNLABELLED_FOLDERS:
                 log.info("Skipping %s: unlabelled texts", cls)
                 continue
-            for file in sorted(p for p in cls.iterdir() if p.suffix.lower() == ".txt"):
+            for file in text_files.files_in(cls, root, ".txt", skipped):
                 try:
-                    raw = file.read_bytes()
-                    if len(raw) > MAX_TEXT_BYTES:
+                    raw = text_files.read_capped(file)
+                    if raw is None:
                         raise ValueError(f"over {MAX_TEXT_BYTES >> 20} MB")
                     out.append((split, raw.decode("utf-8"), cls.name))
                 except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -211,17 +208,17 @@ def sample_texts(data: ImageData, count: int = 8) -> list[str]:
 
 
 def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
-    """Texts to predict: a .txt file is one text, a .csv file's text column one text per row."""
+    """Texts to predict: a .txt file is one text (its first MB: a model reads far less), a .csv file's
+    text column one text per row (rows over the limits are left out, with a warning)."""
     path = fs.path(path)
     if path.suffix.lower() != ".csv":
-        return [path.read_bytes().decode("utf-8", "replace")]
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
-        reader = csv.reader(f)
-        header = [c.strip().lower() for c in next(reader, [])]
-        if text_column.lower() not in header:
-            raise DataError(f"{path}: no column {text_column!r}; its header is {','.join(header) or '(empty)'}")
-        t = header.index(text_column.lower())
-        return [row[t] for row in reader if len(row) > t]
+        with path.open("rb") as f:
+            return [f.read(MAX_TEXT_BYTES).decode("utf-8", "replace")]
+    skipped: dict[str, str] = {}
+    found = _csv_texts(path, text_column, skipped, keep_empty=True)
+    for where, why in list(skipped.items())[:20]:
+        log.warning("Left out %s: %s", where, why)
+    return found
 
 
 def unlabelled_texts(cfg: DataConfig) -> tuple[list[str], dict[str, str]]:
@@ -237,14 +234,20 @@ def unlabelled_texts(cfg: DataConfig) -> tuple[list[str], dict[str, str]]:
         texts = _csv_texts(path, text_column, skipped)
     elif path.is_file():
         texts = []
-        with path.open(encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, 1):
-                _keep(line.rstrip("\r\n"), f"{path}, line {number}", texts, skipped)
+        for number, raw in text_files.lines(path):
+            where = f"{path}, line {number}"
+            if raw is None:
+                skipped[where] = f"the line is over {MAX_TEXT_BYTES >> 20} MB"
+            else:
+                _keep(raw.decode("utf-8", "replace").rstrip("\r"), where, texts, skipped)
     elif path.is_dir():
         texts = []
-        for file in sorted(p for p in fs.files_under(path) if p.suffix.lower() == ".txt"
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts)):
-            _keep(file.read_bytes()[:MAX_TEXT_BYTES + 1].decode("utf-8", "replace"), str(file), texts, skipped)
+        for file in text_files.files_in(path, path, ".txt", skipped, recursive=True):
+            raw = text_files.read_capped(file)
+            if raw is None:
+                skipped[str(file)] = f"the file is over {MAX_TEXT_BYTES >> 20} MB"
+            else:
+                _keep(raw.decode("utf-8", "replace"), str(file), texts, skipped)
     else:
         raise DataError(f"--data {source!r}: unlabelled texts are csv:PATH (with a {text_column!r} column), a .txt "
                         "file of one text per line, a folder of .txt files or tfds:NAME")
@@ -262,25 +265,25 @@ def _keep(text: str, where: str, texts: list[str], skipped: dict[str, str]) -> N
         texts.append(text)
 
 
-def _csv_texts(path, text_column: str, skipped: dict[str, str]) -> list[str]:
-    csv.field_size_limit(MAX_TEXT_BYTES * 4)
+def _csv_texts(path, text_column: str, skipped: dict[str, str], keep_empty: bool = False) -> list[str]:
     texts: list[str] = []
-    with fs.path(path).open(newline="", encoding="utf-8-sig", errors="replace") as f:
-        reader = csv.reader(f)
-        header = [c.strip().lower() for c in next(reader, [])]
+    records = text_files.csv_records(path, skipped, errors="replace")
+    try:
+        header = [c.strip().lower() for c in next(records, (0, []))[1]]
         if text_column.lower() not in header:
             raise DataError(f"{path}: no column {text_column!r}; its header is {','.join(header) or '(empty)'} "
                             "(set --text-column)")
         t = header.index(text_column.lower())
-        try:
-            for row in reader:
-                where = f"{path}, line {reader.line_num}"
-                if len(row) <= t:
-                    skipped[where] = f"expected at least {t + 1} columns, got {len(row)}"
-                else:
-                    _keep(row[t], where, texts, skipped)
-        except csv.Error as e:
-            raise DataError(f"{path}, line {reader.line_num}: the CSV cannot be parsed ({e})") from None
+        for line, row in records:
+            where = f"{path}, line {line}"
+            if len(row) <= t:
+                skipped[where] = f"expected at least {t + 1} columns, got {len(row)}"
+            elif keep_empty and not row[t].strip():
+                texts.append(row[t])
+            else:
+                _keep(row[t], where, texts, skipped)
+    except csv.Error as e:
+        raise DataError(f"{path}: the CSV cannot be parsed ({e})") from None
     return texts
 
 
