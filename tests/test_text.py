@@ -366,3 +366,37 @@ def test_links_out_of_the_data_folder_dangling_links_and_devices_are_skipped_and
     assert skipped[str(data / "neg" / "null.txt")] == "not a regular file"
     found, skipped = texts.unlabelled_texts(DataConfig(source=str(data)))
     assert "root:x:0:0" not in found and len(found) == 7 and len(skipped) == 3
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("vocab_size", 10**9, "vocab_size 1000000000; expected an integer from 5 to 1,000,000"),
+    ("hidden_size", -5, "hidden_size -5; expected an integer from 1"),
+    ("hidden_size", 10**9, "hidden_size 1000000000; expected an integer"),
+    ("num_attention_heads", 0, "num_attention_heads 0; expected an integer from 1"),
+    ("max_position_embeddings", 10**9, "max_position_embeddings 1000000000; expected"),
+    ("num_hidden_layers", 10**6, "num_hidden_layers 1000000; expected an integer from 1 to 96"),
+    ("num_hidden_layers", "2", "num_hidden_layers '2'; expected an integer"),
+    ("hidden_dropout_prob", 3, "hidden_dropout_prob 3; expected a number from 0 to below 1"),
+    ("vocab_size", "+1", "vocab_size does not fit model.safetensors: embeddings.word_embeddings.weight has shape"),
+    ("max_position_embeddings", "+1", "max_position_embeddings does not fit model.safetensors"),
+    ("intermediate_size", "+1", "intermediate_size does not fit model.safetensors"),
+    ("num_hidden_layers", "+1", "num_hidden_layers 3 does not fit model.safetensors, which holds 2 layers"),
+    ("num_attention_heads", "+1", "is not a multiple of num_attention_heads"),
+])
+def test_a_checkpoint_config_is_checked_field_by_field_before_anything_is_built(tiny_hf, tmp_path, field, value,
+                                                                                 message):
+    """Sizes of 10^9 ended in ResourceExhausted tracebacks, 10^6 layers hung past 240 s, -5 and 0 in tracebacks."""
+    import shutil
+    import time
+
+    from tf_transfer.models import text_backbones
+
+    folder = shutil.copytree(tiny_hf, tmp_path / "ckpt")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[field] = cfg[field] + 1 if value == "+1" else value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    started = time.monotonic()
+    with pytest.raises(BackboneError) as e:
+        text_backbones.build(f"hf:{folder}", "imagenet", "", 16)
+    assert message in str(e.value) and "config.json" in str(e.value), str(e.value)
+    assert time.monotonic() - started < 5

@@ -51,14 +51,25 @@ class BertConfig:
         if d.get("model_type", "bert") not in ("bert",) or d.get("hidden_act", "gelu") not in ("gelu", "gelu_new"):
             raise BackboneError(f"{where}: model_type {d.get('model_type')!r} with hidden_act "
                                 f"{d.get('hidden_act')!r}; expected a BERT-family encoder (model_type 'bert', gelu)")
-        try:
-            return cls(int(d["vocab_size"]), int(d["hidden_size"]), int(d["num_hidden_layers"]),
-                       int(d["num_attention_heads"]), int(d["intermediate_size"]),
-                       int(d.get("max_position_embeddings", 512)), int(d.get("type_vocab_size", 2)),
-                       float(d.get("layer_norm_eps", 1e-12)), float(d.get("hidden_dropout_prob", 0.1)),
-                       float(d.get("attention_probs_dropout_prob", 0.1)))
-        except KeyError as e:
-            raise BackboneError(f"{where} has no {e.args[0]!r}; expected a BERT config") from None
+        missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                               "intermediate_size") if k not in d]
+        if missing:
+            raise BackboneError(f"{where} has no {missing[0]!r}; expected a BERT config")
+        cfg = cls(*(_bounded(d, key, where) for key in _BOUNDS),
+                  *(_fraction(d, key, default, where) for key, default in _FRACTIONS))
+        if cfg.hidden_size % cfg.num_heads:
+            raise BackboneError(f"{where}: hidden_size {cfg.hidden_size} is not a multiple of num_attention_heads "
+                                f"{cfg.num_heads}; expected each head to get hidden_size / heads dimensions")
+        if cfg.parameters() > MAX_PARAMETERS:
+            raise BackboneError(f"{where}: an encoder of {cfg.parameters():,} parameters; expected at most "
+                                f"{MAX_PARAMETERS:,} ({MAX_PARAMETERS * 4 >> 30} GB of float32) on one machine")
+        return cfg
+
+    def parameters(self) -> int:
+        """How many weights an encoder of this shape has (embeddings and layers; the pooler aside)."""
+        h = self.hidden_size
+        layer = 4 * h * h + 2 * h * self.intermediate_size + 9 * h + self.intermediate_size
+        return (self.vocab_size + self.max_position + self.type_vocab_size + 2) * h + self.num_layers * layer
 
     def to_hf(self) -> dict:
         return {"model_type": "bert", "hidden_act": "gelu", "vocab_size": self.vocab_size,
@@ -67,6 +78,31 @@ class BertConfig:
                 "max_position_embeddings": self.max_position, "type_vocab_size": self.type_vocab_size,
                 "layer_norm_eps": self.layer_norm_eps, "hidden_dropout_prob": self.dropout,
                 "attention_probs_dropout_prob": self.attention_dropout}
+
+
+# config.json fields: (name, default or None when required, lowest, highest); bounds a real BERT-family
+# checkpoint is far inside (BERT-large: 24 layers, hidden 1024; multilingual vocabularies: 250k)
+_BOUNDS = {"vocab_size": (None, 5, 1_000_000), "hidden_size": (None, 1, 8192),
+           "num_hidden_layers": (None, 1, 96), "num_attention_heads": (None, 1, 128),
+           "intermediate_size": (None, 1, 65_536), "max_position_embeddings": (512, 3, 65_536),
+           "type_vocab_size": (2, 1, 1024)}
+_FRACTIONS = (("layer_norm_eps", 1e-12), ("hidden_dropout_prob", 0.1), ("attention_probs_dropout_prob", 0.1))
+MAX_PARAMETERS = 2_000_000_000
+
+
+def _bounded(d: dict, key: str, where: str) -> int:
+    default, low, high = _BOUNDS[key]
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BackboneError(f"{where}: {key} {value!r}; expected an integer from {low} to {high:,}")
+    return value
+
+
+def _fraction(d: dict, key: str, default: float, where: str) -> float:
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise BackboneError(f"{where}: {key} {value!r}; expected a number from 0 to below 1")
+    return float(value)
 
 
 def _init():

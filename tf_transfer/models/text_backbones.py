@@ -95,6 +95,8 @@ def build_hf(location: str, weights: str, max_seq_length: int, pooling: str) -> 
             raise BackboneError(f"hf:{location}: {folder} has no {name}; expected a BERT-family checkpoint folder "
                                 "(config.json, model.safetensors, vocab.txt)")
     cfg = BertConfig.from_hf(_json(folder / HF_CONFIG), str(folder / HF_CONFIG))
+    if weights != "none":
+        check_shapes(cfg, folder / HF_WEIGHTS, str(folder / HF_CONFIG))
     if max_seq_length > cfg.max_position:
         raise BackboneError(f"--max-seq-length {max_seq_length}: hf:{location} has {cfg.max_position} positions")
     mean = _json(folder / "1_Pooling" / HF_CONFIG).get("pooling_mode_mean_tokens", False)
@@ -107,6 +109,42 @@ def build_hf(location: str, weights: str, max_seq_length: int, pooling: str) -> 
     description = (f"hf:{location} (BERT {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
                    f"{'random init' if weights == 'none' else 'pretrained'}), {chosen} pooling")
     return TextBackbone(tokenize, encoder, chosen, description, cfg)
+
+
+def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """A model.safetensors' tensor shapes by key (the encoder's without "bert."), from its header alone."""
+    if not path.is_file():
+        raise BackboneError(f"{path} does not exist; expected the checkpoint's model.safetensors "
+                            "(or pass --weights none for random initialisation)")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:
+        raise BackboneError(f"{path} cannot be read as safetensors ({str(e)[:300]})") from None
+    prefixed = any(k.startswith("bert.") for k in shapes)
+    return {k.removeprefix("bert."): v for k, v in shapes.items() if k.startswith("bert.") or not prefixed}
+
+
+def check_shapes(cfg: BertConfig, path: Path, where: str) -> None:
+    """config.json's sizes against the checkpoint's own tensor shapes, before anything is built: the first
+    field that disagrees is named."""
+    shapes = checkpoint_shapes(path)
+    layers = {int(k.split(".")[2]) for k in shapes if k.startswith("encoder.layer.") and k.split(".")[2].isdigit()}
+    h = cfg.hidden_size
+    expected = [("vocab_size", "embeddings.word_embeddings.weight", (cfg.vocab_size, h)),
+                ("max_position_embeddings", "embeddings.position_embeddings.weight", (cfg.max_position, h)),
+                ("type_vocab_size", "embeddings.token_type_embeddings.weight", (cfg.type_vocab_size, h)),
+                ("intermediate_size", "encoder.layer.0.intermediate.dense.weight", (cfg.intermediate_size, h))]
+    for field, key, shape in expected:
+        if key in shapes and shapes[key] != shape:
+            name = "hidden_size" if shapes[key][0] == shape[0] else field
+            raise BackboneError(f"{where}: {name} does not fit {path.name}: {key} has shape {shapes[key]}, the config "
+                                f"says {shape}")
+    if layers and len(layers) != cfg.num_layers:
+        raise BackboneError(f"{where}: num_hidden_layers {cfg.num_layers} does not fit {path.name}, which holds "
+                            f"{len(layers)} layers")
 
 
 def checkpoint_tensors(path: Path) -> dict[str, np.ndarray]:
