@@ -48,6 +48,19 @@ def test_tokenizer_pads_only_to_the_longest_text_of_the_batch_and_maps_unknown_w
     assert vocab[int(out["input_word_ids"][1][1])] == "[UNK]"
 
 
+def test_the_word_cut_before_tokenising_keeps_every_token_that_fits():
+    """Strings are cut to their first max_seq_length - 2 words in the graph: the kept tokens are those of the
+    whole string (whitespace of any kind and punctuation inside words included)."""
+    tok, vocab = _tokenizer(12)
+    strings = ["Good,film!!  really\tgreat\n\nfun  ", "a,b,c,d,e,f,g,h,i,j,k,l,m,n", "  ", "x " * 40,
+               "caf\u00e9\u00a0good film", "good" * 30 + " film", "bad " * 5000]
+    ours = tok(tf.constant(strings))
+    whole = tok.tokenizer.tokenize(tf.constant(strings)).merge_dims(-2, -1)[:, :10].to_list()
+    unk = vocab.index("[UNK]")
+    for ids, mask, ref in zip(ours["input_word_ids"].numpy(), ours["input_mask"].numpy(), whole, strict=True):
+        assert list(ids[1:mask.sum() - 1]) == [t if t < len(vocab) else unk for t in ref]
+
+
 def test_tokenizer_survives_invalid_utf8_and_huge_texts():
     tok, vocab = _tokenizer(16)
     bad = [b"\xff\xfe\xfa good", b"good \xc3", b"\x00\x01\x02", ("bad " * 2_000_000).encode()]

@@ -5,8 +5,12 @@ splitting, WordPiece), which TF Serving builds have carried for longest. Import 
 loading a SavedModel that uses them (:func:`require_text_ops`), or its ops are unregistered.
 
 Hostile input is bounded and never fails the request: a string is cut to
-``max_seq_length * BYTES_PER_TOKEN`` bytes, invalid UTF-8 is replaced with U+FFFD, an empty string
-becomes ``[CLS] [SEP]``, and tokens past the sequence length are dropped.
+``max_seq_length * BYTES_PER_TOKEN`` bytes, invalid UTF-8 is replaced with U+FFFD, then to its first
+``max_seq_length - 2`` whitespace-separated words before tokenising (each word gives at least one
+token, so no kept token is lost; only a word of nothing but control characters, which gives none, can
+count for one), an empty string becomes ``[CLS] [SEP]``, and tokens past the sequence length are
+dropped. The cost of a string is bounded by its sequence length; the batch is bounded by the caller
+(TF Serving's batching, the local server's --max-batch).
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ class BertTokenize(keras.layers.Layer):
     def call(self, strings):
         strings = tf.strings.substr(tf.reshape(strings, [-1]), 0, self.max_seq_length * BYTES_PER_TOKEN)
         strings = tf.strings.unicode_transcode(strings, "UTF-8", "UTF-8", errors="replace")
+        # every whitespace-separated word gives at least one token: words past the sequence are never kept
+        words = tf.strings.split(strings)[:, :self.max_seq_length - 2]
+        strings = tf.strings.reduce_join(words, axis=-1, separator=" ")
         tokens = self.tokenizer.tokenize(strings).merge_dims(-2, -1)[:, :self.max_seq_length - 2]
         tokens = tf.where(tokens >= len(self.vocab), tf.cast(self.ids["[UNK]"], tokens.dtype), tokens)
         rows = tokens.nrows()
