@@ -205,18 +205,70 @@ def hostile_inputs(model_dir: Path, count: int = 300) -> dict:
             dims = [int(d) for d in rng.integers(-1, 10**6, int(rng.integers(0, 5)))]
             proto.tensor_shape.dim.extend([proto.tensor_shape.Dim(size=d) for d in dims])
             proto.float_val.append(1.0)
-            started = time.perf_counter()
-            try:
-                stub.Predict(request, timeout=30)
-                outcomes["OK"] += 1
-            except grpc.RpcError as e:
-                outcomes[e.code().name] += 1
-            slowest = max(slowest, time.perf_counter() - started)
+            slowest = max(slowest, _predict(stub, request, outcomes))
         out["gRPC Predict (tensor shapes up to 10^6 per dim, one value)"] = {"inputs": count, **outcomes,
                                                                            "slowest_s": slowest}
     finally:
         server.stop()
     out["peak_rss_growth_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024
+    out.update(ranks_and_dtypes(model_dir, rng, count))
+    return out
+
+
+def _predict(stub, request, outcomes: Counter) -> float:
+    """One gRPC Predict: its status counted in `outcomes`; returns its seconds."""
+    import grpc
+
+    started = time.perf_counter()
+    try:
+        stub.Predict(request, timeout=30)
+        outcomes["OK"] += 1
+    except grpc.RpcError as e:
+        outcomes[e.code().name] += 1
+    return time.perf_counter() - started
+
+
+def ranks_and_dtypes(model_dir: Path, rng: np.random.Generator, count: int) -> dict:
+    """Inputs of rank 0-64 with mixed value types and dtypes against a server in its own process (rank 33
+    string arrays crashed it), which must still be alive after every one."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from tests.test_server_hardening import ServerProcess, predict_request, raw_request
+
+    leaves = ['"a"', "7", "-1.5", "true", "null", '{"b64": "AAAA"}', '"\\ud800"', "{}"]
+    dtypes = [tf.string, tf.float32, tf.uint8, tf.int64, tf.float64, tf.bool]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess([model_dir], Path(tmp) / "serve.log")
+        alive = True
+        try:
+            outcomes, slowest = Counter(), 0.0
+            for _ in range(count):
+                depth = int(rng.integers(0, 65))
+                inner = ", ".join(rng.choice(leaves, int(rng.integers(1, 4))))
+                body = f'{{"{rng.choice(["instances", "inputs"])}": {"[" * depth}{inner}{"]" * depth}}}'.encode()
+                started = time.perf_counter()
+                status, _ = raw_request(server.port, f"POST /v1/models/served:predict HTTP/1.1\r\nContent-Length: "
+                                                     f"{len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+                outcomes[f"HTTP {status}"] += 1
+                slowest, alive = max(slowest, time.perf_counter() - started), alive and server.alive()
+            out["REST predict (JSON of rank 0-64, mixed value types)"] = {"inputs": count, **outcomes,
+                                                                         "slowest_s": slowest}
+            outcomes, slowest = Counter(), 0.0
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(
+                grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+            for _ in range(count):
+                name, signature = [("image_bytes", ""), ("pixels", "serving_pixels")][int(rng.integers(2))]
+                dtype = dtypes[int(rng.integers(len(dtypes)))]
+                request = predict_request("served", signature, name, dtype, [1] * int(rng.integers(0, 65)), [1])
+                slowest, alive = max(slowest, _predict(stub, request, outcomes)), alive and server.alive()
+            out["gRPC Predict (tensors of rank 0-64, every dtype)"] = {"inputs": count, **outcomes,
+                                                                      "slowest_s": slowest}
+        finally:
+            server.stop()
+    out["server_process_alive_after_every_input"] = alive
     return out
 
 

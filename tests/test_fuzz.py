@@ -28,6 +28,7 @@ from .test_server_hardening import (  # noqa: F401 - fixtures
     raw_request,
     server,
     server_process,
+    text_root,
 )
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
@@ -163,6 +164,7 @@ def test_fuzz_grpc_tensors(server, dtype, dims, values, name, signature):  # noq
 LEAVES = st.sampled_from(['"a"', "7", "-1.5", "true", "null", '{"b64": "AAAA"}', '"\\ud800"', "{}", '"\\u00e9"'])
 
 
+@pytest.mark.slow
 @FUZZ
 @given(depth=st.integers(0, 64), leaves=st.lists(LEAVES, min_size=1, max_size=3),
        model=st.sampled_from(["shapes", "reviews"]), key=st.sampled_from(["instances", "inputs"]),
@@ -177,6 +179,7 @@ def test_fuzz_rest_ranks_and_dtypes(server_process, depth, leaves, model, key, s
     assert status == 200 or (status == 400 and json.loads(payload)["error"]), (status, payload[:200])
 
 
+@pytest.mark.slow
 @FUZZ
 @given(dtype=st.sampled_from(DTYPES), rank=st.integers(0, 64), values=st.lists(st.integers(0, 255), max_size=2),
        target=st.sampled_from([("shapes", "", "image_bytes"), ("shapes", "serving_pixels", "pixels"),

@@ -3,6 +3,7 @@ two-phase recipe on texts, and the string-in export through the server, clients,
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -336,26 +337,29 @@ def test_a_200_mb_line_field_or_file_is_skipped_with_its_place_in_bounded_memory
 
     from .test_server_hardening import peak_rss_growth_mb
 
-    huge = b"x" * (200 << 20)
-    (tmp_path / "lines.txt").write_bytes(b"first text\n" + huge + b"\nthird text\n")
-    (tmp_path / "cells.csv").write_bytes(b"text,label\ngood film,pos\n\"" + huge + b"\",neg\nbad film,neg\n")
+    huge = tmp_path / "huge.csv"  # one 200 MB line, read as .txt lines, as a CSV and as a file in a folder
+    with huge.open("wb") as f:
+        f.write(b"text,label\ngood film,pos\n")
+        for _ in range(200):
+            f.write(b"x" * (1 << 20))
+        f.write(b",neg\nbad film,neg\n")
     (tmp_path / "folder" / "pos").mkdir(parents=True)
-    (tmp_path / "folder" / "pos" / "big.txt").write_bytes(huge)
+    os.link(huge, tmp_path / "folder" / "pos" / "big.txt")
+    os.link(huge, tmp_path / "lines.txt")
     (tmp_path / "folder" / "pos" / "small.txt").write_text("fine film", encoding="utf-8")
-    del huge
     found = {}
 
     def read_all():
         found["lines"] = texts.unlabelled_texts(DataConfig(source=str(tmp_path / "lines.txt")))
-        found["cells"] = texts.read(DataConfig(source=f"csv:{tmp_path / 'cells.csv'}"))
+        found["cells"] = texts.read(DataConfig(source=f"csv:{huge}"))
         found["folder"] = texts.unlabelled_texts(DataConfig(source=str(tmp_path / "folder")))
 
     assert peak_rss_growth_mb(read_all) < 64
-    assert found["lines"] == (["first text", "third text"], {f"{tmp_path / 'lines.txt'}, line 2":
-                                                             "the line is over 1 MB"})
+    assert found["lines"] == (["text,label", "good film,pos", "bad film,neg"], {
+        f"{tmp_path / 'lines.txt'}, line 3": "the line is over 1 MB"})
     rows, _, skipped = found["cells"]
     assert [r[1] for r in rows] == ["good film", "bad film"]
-    assert skipped == {f"{tmp_path / 'cells.csv'}, line 3": f"the line is over {text_files.MAX_LINE_BYTES >> 20} MB"}
+    assert skipped == {f"{huge}, line 3": f"the line is over {text_files.MAX_LINE_BYTES >> 20} MB"}
     assert found["folder"] == (["fine film"], {str(tmp_path / "folder" / "pos" / "big.txt"):
                                                "the file is over 1 MB"})
 
@@ -405,9 +409,9 @@ def test_a_checkpoint_config_is_checked_field_by_field_before_anything_is_built(
     from tf_transfer.models import text_backbones
 
     folder = shutil.copytree(tiny_hf, tmp_path / "ckpt")
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = json.loads((folder / text_backbones.HF_CONFIG).read_text())
     cfg[field] = cfg[field] + 1 if value == "+1" else value
-    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / text_backbones.HF_CONFIG).write_text(json.dumps(cfg))
     started = time.monotonic()
     with pytest.raises(BackboneError) as e:
         text_backbones.build(f"hf:{folder}", "imagenet", "", 16)

@@ -44,6 +44,15 @@ def tensor_from_proto(spec: InputSpec, proto, limits: ServeLimits) -> np.ndarray
         raise bad_request(f"input {name!r}: {str(e)[:200]}") from None
 
 
+def checked_inputs(model, request, limits: ServeLimits) -> tuple[str, dict[str, np.ndarray]]:
+    """The signature a PredictRequest names and its inputs as numpy, each checked before it is expanded."""
+    name, _ = model.signature(request.model_spec.signature_name)
+    specs = model.input_specs(name)
+    if set(request.inputs) != set(specs):
+        raise bad_request(f"signature {name} takes inputs {sorted(specs)}, got {sorted(request.inputs)}")
+    return name, {k: tensor_from_proto(specs[k], v, limits) for k, v in request.inputs.items()}
+
+
 def _status_code(status: int):
     import grpc
 
@@ -82,11 +91,7 @@ def _servicers(registry: Registry, limits: ServeLimits):
         @_guarded
         def Predict(self, request, context):
             model = lookup(request.model_spec)
-            name, _ = model.signature(request.model_spec.signature_name)
-            specs = model.input_specs(name)
-            if set(request.inputs) != set(specs):
-                raise bad_request(f"signature {name} takes inputs {sorted(specs)}, got {sorted(request.inputs)}")
-            inputs = {k: tensor_from_proto(specs[k], v, limits) for k, v in request.inputs.items()}
+            name, inputs = checked_inputs(model, request, limits)
             out = model.run(name, inputs)
             response = predict_pb2.PredictResponse()
             response.model_spec.name, response.model_spec.version.value = request.model_spec.name, model.version
