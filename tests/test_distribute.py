@@ -54,6 +54,7 @@ def test_precision_and_tpu_paths(tmp_path):
     assert (topo.kind, topo.replicas, topo.workers, topo.is_chief) == ("default", 1, 1, True)
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_mixed_float16_keeps_a_float32_head_and_a_float32_export(tmp_path):
     from tf_transfer._keras import keras
     from tf_transfer.config import ModelConfig

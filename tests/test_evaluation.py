@@ -125,6 +125,7 @@ def test_evaluate_export_on_a_folder_matches_classes_by_name(trained_run, tmp_pa
         evaluation.evaluate_export(str(trained_run.export_path.parent), str(bad), output=str(tmp_path / "e2"))
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_evaluate_cli(trained_run, tmp_path):
     folder = demo.write_shapes(tmp_path / "new", classes=("square", "circle"), per_class=4, size=64, seed=9)
     proc = subprocess.run([sys.executable, "-m", "tf_transfer.evaluate", str(trained_run.export_path),

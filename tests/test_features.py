@@ -34,6 +34,7 @@ def _ensure(config, images, model, root: Path, split="train", views=1):
     return features.ensure(model, config, images, split, config.data.image_size, root, views, 16)
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_head_on_cached_features_matches_live_training_and_export(shapes_dir, tmp_path):
     import tensorflow as tf
 
@@ -64,6 +65,7 @@ def test_head_on_cached_features_matches_live_training_and_export(shapes_dir, tm
     assert (cached.export_path / ModelDir.LABELS).read_text().splitlines() == live.class_names
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_second_run_reuses_and_any_input_change_rebuilds(shapes_dir, tmp_path):
     from PIL import Image
 

@@ -63,6 +63,7 @@ def test_lr_decay_gives_lower_blocks_really_lower_rates():
     assert moves["stem"] == 0.0  # 1e-6 ** 17 is below float32 resolution
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_lr_decay_one_trains_exactly_as_before():
     plain = _moves(1.0, lambda stage, model, steps: keras.optimizers.Adam(stage.learning_rate))
     ours = _moves(1.0, lambda stage, model, steps: optimizers.DiscriminativeAdam(
@@ -94,6 +95,7 @@ def test_stage_plan_from_the_config():
             config.replace(**bad)
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_staged_unfreezing_with_cosine_and_decay_runs_and_records_its_stages(shapes_dir, tmp_path):
     from tf_transfer.workflows import recipe
 
@@ -110,6 +112,7 @@ def test_staged_unfreezing_with_cosine_and_decay_runs_and_records_its_stages(sha
     assert all("score" in s for s in stages) and "Stages" in RunDir(result.run_dir).report_file.read_text()
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_a_stage_that_does_not_beat_the_best_so_far_is_rolled_back(shapes_dir, tmp_path):
     from tf_transfer.workflows import recipe
 

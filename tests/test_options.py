@@ -56,6 +56,7 @@ def test_l2_adds_a_penalty_on_the_head_kernels():
     assert float(penalty) == pytest.approx(0.01 * float(tf.reduce_sum(kernel**2)), rel=1e-5)
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_class_weights_change_what_the_head_learns(tmp_path):
     from tf_transfer.workflows import recipe
 
@@ -106,6 +107,7 @@ def test_dynamic_float16_and_int8_tflite_agree_with_the_model(trained_run, tmp_p
         assert agreement >= 0.9, (variant, agreement)
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_export_run_writes_a_new_verified_version(trained_run, tmp_path):
     run = RunDir(tmp_path / "run")
     shutil.copytree(trained_run.run_dir, run.path, ignore=shutil.ignore_patterns("tensorboard", "baseline_scratch"))

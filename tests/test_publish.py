@@ -53,6 +53,7 @@ def test_the_published_folder_is_complete_and_says_what_it_is(published, trained
     PublishedDir(published).check()  # every file matches the manifest
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_hub_keras_layer_reproduces_the_runs_features_and_fine_tunes(published, trained_run):
     import tensorflow as tf
     import tensorflow_hub as hub

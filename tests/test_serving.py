@@ -257,6 +257,7 @@ def test_models_config_and_serving_commands(trained_run, tmp_path):
     assert "--model_base_path=" in commands["tensorflow_model_server"]
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_tflite_top1_matches_the_saved_model(trained_run, local, test_files, tmp_path):
     raw = [Path(f).read_bytes() for f in test_files]
     expected = [p.top_classes[0] for p in local.predict(raw)]

@@ -85,6 +85,7 @@ def _layers_with_gradient_ops(model) -> set[str]:
             if op.name.startswith("gradient_tape/") and "/backbone/" in op.name}
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_backward_pass_stops_at_the_lowest_unfrozen_layer():
     model = _classifier()
     layers = [la.name for la in model_lib.backbone_of(model).layers]
@@ -107,6 +108,7 @@ def test_model_layers_are_named_and_output_probabilities():
     np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_hub_handle_backbone_is_fine_tuned_in_phase2(hub_handle, shapes_dir, tmp_path):
     # No phase 1 epochs: a skipped phase 1 is no baseline, so phase 2 is kept whatever its score
     config = make_config(tmp_path, str(shapes_dir), name="hub", **{
