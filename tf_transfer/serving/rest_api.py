@@ -11,7 +11,8 @@ and, beside TF Serving's API, a page to try the models in a browser:
     GET  /ui/models                                   the served models, their versions and input kind
     GET  /ui/card/<name>/<version>                    a model card: labels, config and metrics of the export
 
-Sizes are checked before anything is decoded; API answers are JSON, errors as {"error": "..."}.
+Every input is checked against its signature's declared rank, sizes and dtype before anything is
+converted or decoded (``serving.inputs``); API answers are JSON, errors as {"error": "..."}.
 """
 
 from __future__ import annotations
