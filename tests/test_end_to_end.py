@@ -108,6 +108,7 @@ def test_versions_never_overwritten_and_failed_export_leaves_nothing(trained_run
     assert sorted(p.name for p in (root / "m").iterdir()) == ["1", "2"]
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_verify_cli_detects_a_tampered_export(trained_run, tmp_path):
     # the untouched export passed this check when trained_run published it (export.verify is on)
     copy = tmp_path / "copy" / "1"

@@ -56,6 +56,7 @@ def test_blocks_group_layers_top_first():
     assert rates["Conv1/kernel:0"] == pytest.approx(0.5 ** 17)
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_lr_decay_gives_lower_blocks_really_lower_rates():
     moves = _moves(1e-6)
     assert moves["top"] > 1e-5 and moves["head"] > 1e-5

@@ -64,6 +64,7 @@ def _png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_saved_model_cli_shows_every_signature(trained_run):
     out = subprocess.run([*_saved_model_cli(), "show", "--dir", str(trained_run.export_path), "--all"],
                          capture_output=True, text=True, check=True).stdout
@@ -266,6 +267,7 @@ def test_tflite_top1_matches_the_saved_model(trained_run, local, test_files, tmp
     assert [trained_run.class_names[i] for i in scores.argmax(-1)] == expected
 
 
+@pytest.mark.slow  # kept out of the default suite for its 360 s budget
 def test_predict_cli_skips_unreadable_images(trained_run, test_files, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -60,6 +60,9 @@ def test_the_word_cut_before_tokenising_keeps_every_token_that_fits():
     unk = vocab.index("[UNK]")
     for ids, mask, ref in zip(ours["input_word_ids"].numpy(), ours["input_mask"].numpy(), whole, strict=True):
         assert list(ids[1:mask.sum() - 1]) == [t if t < len(vocab) else unk for t in ref]
+    # what reaches the WordPiece ops is bounded by the sequence length: 10 words, at most 12 * 64 bytes
+    reached = tok.cut(tf.constant(["bad " * 5000, "a" * 100_000, "good film"])).numpy()
+    assert [len(r.split()) for r in reached] == [10, 1, 2] and max(map(len, reached)) <= 12 * 64
 
 
 def test_tokenizer_survives_invalid_utf8_and_huge_texts():

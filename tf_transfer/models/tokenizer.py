@@ -68,13 +68,17 @@ class BertTokenize(keras.layers.Layer):
         self.tokenizer = require_text_ops().BertTokenizer(self.table, token_out_type=tf.int64,
                                                           lower_case=lower_case, unknown_token="[UNK]")
 
-    def call(self, strings):
+    def cut(self, strings):
+        """What of each string reaches the WordPiece ops: its first max_seq_length * BYTES_PER_TOKEN bytes
+        (invalid UTF-8 replaced), then its first max_seq_length - 2 words; every whitespace-separated word
+        gives at least one token, so words past the sequence are never kept."""
         strings = tf.strings.substr(tf.reshape(strings, [-1]), 0, self.max_seq_length * BYTES_PER_TOKEN)
         strings = tf.strings.unicode_transcode(strings, "UTF-8", "UTF-8", errors="replace")
-        # every whitespace-separated word gives at least one token: words past the sequence are never kept
         words = tf.strings.split(strings)[:, :self.max_seq_length - 2]
-        strings = tf.strings.reduce_join(words, axis=-1, separator=" ")
-        tokens = self.tokenizer.tokenize(strings).merge_dims(-2, -1)[:, :self.max_seq_length - 2]
+        return tf.strings.reduce_join(words, axis=-1, separator=" ")
+
+    def call(self, strings):
+        tokens = self.tokenizer.tokenize(self.cut(strings)).merge_dims(-2, -1)[:, :self.max_seq_length - 2]
         tokens = tf.where(tokens >= len(self.vocab), tf.cast(self.ids["[UNK]"], tokens.dtype), tokens)
         rows = tokens.nrows()
         cls = tf.fill([rows, 1], tf.constant(self.ids["[CLS]"], tokens.dtype))
