@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_text  # noqa: F401 - registers the tokenizer ops text exports load with, whatever ran before
 
 from tf_transfer.config import DataConfig
 from tf_transfer.data import texts

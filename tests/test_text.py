@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_text  # noqa: F401 - registers the tokenizer ops text exports load with, whatever ran before
 
 from tf_transfer.config import DataConfig
 from tf_transfer.data import texts
