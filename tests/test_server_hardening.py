@@ -86,11 +86,15 @@ def post(port: int, path: str, body: bytes, extra: str = "") -> tuple[int, dict]
     return status, json.loads(payload) if payload else {}
 
 
+def served_copy(export_path: Path, folder: Path, name: str) -> Path:
+    """A model folder <folder>/<name>/1 holding a copy of one export, for a server to watch."""
+    shutil.copytree(export_path, folder / name / "1")
+    return folder / name
+
+
 @pytest.fixture(scope="module")
 def model_root(trained_run, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("served") / "shapes"
-    shutil.copytree(trained_run.export_path, root / "1")
-    return root
+    return served_copy(trained_run.export_path, tmp_path_factory.mktemp("served"), "shapes")
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +141,7 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def text_root(text_run, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("served_text") / "reviews"
-    shutil.copytree(text_run.export_path, root / "1")
-    return root
+    return served_copy(text_run.export_path, tmp_path_factory.mktemp("served_text"), "reviews")
 
 
 @pytest.fixture(scope="module")
